@@ -1,0 +1,714 @@
+//! The contract every server keeps, as tests that drive the real binary from outside.
+//!
+//! A chapter's `tests/conformance.rs` runs the whole suite with one line:
+//!
+//! ```ignore
+//! conformance::suite!(level, env!("CARGO_BIN_EXE_epoll"), [], clients = 10_000);
+//! ```
+//!
+//! Each check starts the server on `127.0.0.1:0`, waits for its `listening on` line, and talks
+//! to it over loopback the way a student's client would. Nothing here sleeps to synchronise: it
+//! waits for the announcement line, for replies, for end-of-file and for the process to exit,
+//! each with a generous deadline so that a broken server fails a test instead of hanging it.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single wait may take before the test gives up and fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What an echo server must send back for `data`.
+pub fn upper(data: &[u8]) -> Vec<u8> {
+    data.to_ascii_uppercase()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A running server.
+
+/// A server process started for one test; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The address it announced.
+    pub addr: SocketAddr,
+    stderr: Arc<(Mutex<String>, Condvar)>,
+}
+
+impl Server {
+    /// Starts `bin` with `args` followed by `127.0.0.1:0`, and waits for `listening on`.
+    pub fn start(bin: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).arg("127.0.0.1:0");
+        Server::spawn(cmd)
+    }
+
+    /// Starts a prepared command (which must name its own address) and waits for `listening on`.
+    pub fn spawn(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr = collect(child.stderr.take().expect("stderr is piped"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining, so that a chatty server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(PATIENCE) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "{cmd:?} announced nothing ({other:?}); stderr:\n{}",
+                    stderr.0.lock().unwrap()
+                )
+            }
+        };
+        let addr = parse_announcement(&line)
+            .unwrap_or_else(|| panic!("no `listening on IP:PORT` in the first line: {line:?}"));
+        Server {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// A new client connection with read and write deadlines set.
+    pub fn connect(&self) -> TcpStream {
+        let stream =
+            TcpStream::connect(self.addr).unwrap_or_else(|e| panic!("connect {}: {e}", self.addr));
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
+    /// Everything the server has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the server's stderr contains `needle`; panics after [`PATIENCE`].
+    pub fn wait_for_stderr(&self, needle: &str) -> String {
+        let (lock, cond) = &*self.stderr;
+        let deadline = Instant::now() + PATIENCE;
+        let mut text = lock.lock().unwrap();
+        while !text.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "stderr never said {needle:?}; it said:\n{text}"
+            );
+            text = cond.wait_timeout(text, left).unwrap().0;
+        }
+        text.clone()
+    }
+
+    /// Is the process still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop_with(mut self, signal: Signal) -> Stopped {
+        kill(self.pid(), signal).expect("kill");
+        let status = wait_with_deadline(&mut self.child);
+        // The stderr thread ends at EOF; wait for it to have read everything.
+        let (lock, cond) = &*self.stderr;
+        let mut guard = lock.lock().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while !guard.ends_with('\u{0}') && Instant::now() < deadline {
+            guard = cond
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        let stderr = guard.trim_end_matches('\u{0}').to_owned();
+        Stopped { status, stderr }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
+    pub fn interrupt(self) -> Stopped {
+        self.stop_with(Signal::SIGINT)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a server ended.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+/// Finds `IP:PORT` after `listening on` in a line.
+pub fn parse_announcement(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Reads a pipe to the end in a thread; a NUL marks the end.
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<(Mutex<String>, Condvar)> {
+    let shared = Arc::new((Mutex::new(String::new()), Condvar::new()));
+    let writer = Arc::clone(&shared);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = pipe.read(&mut buf).unwrap_or(0);
+            let (lock, cond) = &*writer;
+            let mut text = lock.lock().unwrap();
+            if n == 0 {
+                text.push('\u{0}');
+                cond.notify_all();
+                return;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            cond.notify_all();
+        }
+    });
+    shared
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a server binary to completion with `args` (for `--help` and set-up errors).
+pub fn run_to_exit(bin: &str, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = wait_with_deadline(&mut child);
+    let text = |c: &Arc<(Mutex<String>, Condvar)>| {
+        let (lock, cond) = &**c;
+        let mut guard = lock.lock().unwrap();
+        while !guard.ends_with('\u{0}') {
+            guard = cond
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        guard.trim_end_matches('\u{0}').as_bytes().to_vec()
+    };
+    std::process::Output {
+        status,
+        stdout: text(&out),
+        stderr: text(&err),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-side helpers.
+
+/// Sends `msg` and reads exactly as many bytes back.
+pub fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    stream.write_all(msg).expect("write");
+    read_exactly(stream, msg.len())
+}
+
+/// Reads exactly `n` bytes, failing clearly on EOF or timeout.
+pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match stream.read(&mut got[filled..]) {
+            Ok(0) => panic!("EOF after {filled} of {n} bytes"),
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read after {filled} of {n} bytes: {e}"),
+        }
+    }
+    got
+}
+
+/// Reads until EOF; fails on timeout.
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).expect("read to EOF");
+    got
+}
+
+/// Sets SO_LINGER to zero, so that dropping the stream sends RST instead of FIN.
+pub fn reset_on_close(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(stream, Linger, &linger).expect("SO_LINGER");
+}
+
+/// A small deterministic generator (xorshift64*), so that failures can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Tests that open thousands of sockets take turns, so that two of them never add up past the
+/// descriptor limit of the test process.
+pub fn heavy_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    raise_descriptor_limit();
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Raises this process's soft descriptor limit to its hard limit.
+pub fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    hard
+}
+
+/// Opens `n` connections. Connecting is left to the kernel's accept queue, so it does not need
+/// the server to accept each one before the next is opened.
+pub fn connect_many(server: &Server, n: usize) -> Vec<TcpStream> {
+    let limit = raise_descriptor_limit() as usize;
+    assert!(
+        n + 100 < limit,
+        "{n} clients need more descriptors than this process may open ({limit}); raise `ulimit -n`"
+    );
+    (0..n).map(|_| server.connect()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks. Each takes the binary and its extra arguments.
+
+/// `hello` comes back as `HELLO`, with no newline needed; a mixed line with UTF-8 keeps its
+/// non-ASCII bytes; several messages on one connection come back in order.
+pub fn hello(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"hello"), b"HELLO");
+    let line = "Mixed Case 123, ünïcödé ß ok?\n".as_bytes();
+    assert_eq!(round_trip(&mut c, line), upper(line));
+    for i in 0..20 {
+        let msg = format!("message {i} of twenty\n");
+        assert_eq!(round_trip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
+    }
+}
+
+/// 256 KiB of random bytes, written in random-sized chunks by one thread while another reads,
+/// come back byte for byte; then the client half-closes and the server closes after it.
+pub fn binary_in_random_chunks(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let mut c = server.connect();
+    let mut rng = Rng::new(0x5eed_1234);
+    let data = rng.bytes(256 * 1024);
+    let expected = upper(&data);
+    let mut writer = c.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let mut sent = 0;
+        while sent < data.len() {
+            let n = match rng.range(0, 9) {
+                0 => 1,
+                1..=3 => rng.range(1, 64),
+                _ => rng.range(1, 16 * 1024),
+            }
+            .min(data.len() - sent);
+            writer
+                .write_all(&data[sent..sent + n])
+                .expect("write chunk");
+            sent += n;
+        }
+        writer.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let got = read_to_eof(&mut c);
+    sender.join().unwrap();
+    assert_eq!(got.len(), expected.len(), "byte count");
+    if let Some(i) = got.iter().zip(&expected).position(|(a, b)| a != b) {
+        panic!(
+            "first difference at byte {i}: got {:#04x}, want {:#04x}",
+            got[i], expected[i]
+        );
+    }
+}
+
+/// A client that sends and then half-closes (shutdown(SHUT_WR)) still gets its whole reply,
+/// then end-of-file.
+pub fn half_close(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let mut c = server.connect();
+    c.write_all(b"last words, then EOF").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut c), b"LAST WORDS, THEN EOF");
+}
+
+/// Fifty clients that reset their connection in the middle of a stream (SO_LINGER 0) leave the
+/// server alive and serving.
+pub fn resets_leave_server_alive(bin: &str, args: &[&str]) {
+    let mut server = Server::start(bin, args);
+    let chunk = vec![b'x'; 64 * 1024];
+    for i in 0..50 {
+        let mut c = server.connect();
+        // Some reset before the server replied, some after; none read their reply.
+        c.write_all(&chunk[..if i % 2 == 0 { 1000 } else { chunk.len() }])
+            .unwrap();
+        if i % 3 == 0 {
+            let mut first = [0u8; 1];
+            c.read_exact(&mut first).unwrap();
+        }
+        reset_on_close(&c);
+        drop(c);
+    }
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"still there?"), b"STILL THERE?");
+    assert!(server.is_running(), "the server died");
+}
+
+/// `n` clients connected at once, each doing `rounds` round trips interleaved with all the
+/// others: every client writes, then every client reads its own reply.
+pub fn concurrent_clients(bin: &str, args: &[&str], n: usize) {
+    let _turn = heavy_lock();
+    let server = Server::start(bin, args);
+    let mut clients = connect_many(&server, n);
+    for round in 0..3 {
+        let msgs: Vec<String> = (0..clients.len())
+            .map(|i| format!("client {i} says hi in round {round}\n"))
+            .collect();
+        for (c, msg) in clients.iter_mut().zip(&msgs) {
+            c.write_all(msg.as_bytes()).expect("write");
+        }
+        for (i, (c, msg)) in clients.iter_mut().zip(&msgs).enumerate() {
+            let got = read_exactly(c, msg.len());
+            assert_eq!(got, upper(msg.as_bytes()), "client {i} round {round}");
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) stops the server even with an idle client connected: exit status 0 and a
+/// summary on stderr that counts the connections.
+pub fn sigint_prints_summary(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"one"), b"ONE");
+    let stopped = server.interrupt();
+    assert!(
+        stopped.status.success(),
+        "exit status {:?}; stderr:\n{}",
+        stopped.status,
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("summary:"),
+        "no summary on stderr:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("1 connections"),
+        "summary miscounts:\n{}",
+        stopped.stderr
+    );
+}
+
+/// SIGTERM stops it the same way.
+pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let stopped = server.stop_with(Signal::SIGTERM);
+    assert!(
+        stopped.status.success(),
+        "exit status {:?}; stderr:\n{}",
+        stopped.status,
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("summary:"),
+        "no summary on stderr:\n{}",
+        stopped.stderr
+    );
+}
+
+/// An address already in use ends the server at once with one line that says what to do.
+pub fn address_in_use(bin: &str, args: &[&str]) {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(&addr);
+    let out = run_to_exit(bin, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "want one line, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("in use") && stderr.contains(&addr),
+        "unclear:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "announced although bind failed");
+}
+
+/// An address that is not IP:PORT is refused with a hint, and a non-zero exit.
+pub fn bad_address(bin: &str, args: &[&str]) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("not-an-address");
+    let out = run_to_exit(bin, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("IP:PORT"), "no hint:\n{stderr}");
+}
+
+/// `--help` works and explains itself.
+pub fn help(bin: &str) {
+    let out = run_to_exit(bin, &["--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("Usage:") && stdout.contains("[ADDR]"),
+        "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the kernel says about the server process.
+
+/// CPU seconds (user + system) the process has used, from /proc/PID/stat.
+pub fn cpu_seconds(pid: Pid) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name may hold spaces; the fields we want follow its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    ticks as f64 / per_sec as f64
+}
+
+/// Resident memory of the process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: Pid) -> u64 {
+    proc_status_field(pid, "VmRSS:")
+}
+
+/// Threads in the process, from /proc/PID/status.
+pub fn thread_count(pid: Pid) -> u64 {
+    proc_status_field(pid, "Threads:")
+}
+
+fn proc_status_field(pid: Pid, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .expect("field in status");
+    line[field.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The share of one core the server uses while `conns` clients sit connected and silent,
+/// measured over `window` after every client has had one reply (so all are accepted).
+pub fn idle_cpu_share(server: &Server, conns: usize, window: Duration) -> f64 {
+    let mut clients = connect_many(server, conns);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("idle {i}");
+        assert_eq!(round_trip(c, msg.as_bytes()), upper(msg.as_bytes()));
+    }
+    let before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    thread::sleep(window); // the measurement window itself, not a synchronisation
+    let used = cpu_seconds(server.pid()) - before;
+    used / started.elapsed().as_secs_f64()
+}
+
+/// An event-driven server with `conns` idle clients uses next to no CPU: it sleeps in the kernel.
+pub fn idle_is_quiet(bin: &str, args: &[&str], conns: usize) {
+    let _turn = heavy_lock();
+    let server = Server::start(bin, args);
+    let share = idle_cpu_share(&server, conns, Duration::from_secs(1));
+    assert!(
+        share < 0.05,
+        "{share:.2} of a core with {conns} idle clients; expected ~0"
+    );
+}
+
+/// Back-pressure: one client sends `mib` MiB without reading a byte. The server must stop
+/// reading from it rather than buffer without bound, keep answering another client promptly,
+/// and, once the greedy client finally reads, deliver every byte of its reply intact.
+pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
+    let server = Server::start(bin, args);
+    let rss_before = rss_kib(server.pid());
+    let mut greedy = server.connect();
+    let total = mib * 1024 * 1024;
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..total)
+            .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[i % 38])
+            .collect(),
+    );
+    let stalled = Arc::new((Mutex::new(false), Condvar::new()));
+    let mut writer = greedy.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (data2, stalled2) = (Arc::clone(&data), Arc::clone(&stalled));
+    let sender = thread::spawn(move || {
+        let mut sent = 0;
+        let deadline = Instant::now() + PATIENCE * 4;
+        while sent < data2.len() {
+            assert!(Instant::now() < deadline, "sending {mib} MiB took too long");
+            match writer.write(&data2[sent..(sent + 64 * 1024).min(data2.len())]) {
+                Ok(n) => sent += n,
+                // The write timed out: the server has stopped reading us. That is the point.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let (lock, cond) = &*stalled2;
+                    *lock.lock().unwrap() = true;
+                    cond.notify_all();
+                }
+                Err(e) => panic!("greedy write after {sent} bytes: {e}"),
+            }
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+        sent
+    });
+    {
+        let (lock, cond) = &*stalled;
+        let guard = lock.lock().unwrap();
+        let (guard, timeout) = cond.wait_timeout_while(guard, PATIENCE, |s| !*s).unwrap();
+        assert!(
+            *guard && !timeout.timed_out(),
+            "the greedy client never stalled: no back-pressure"
+        );
+    }
+    // While the greedy client is stuck, another client is served as usual.
+    let mut polite = server.connect();
+    for i in 0..20 {
+        let msg = format!("polite request {i}\n");
+        assert_eq!(
+            round_trip(&mut polite, msg.as_bytes()),
+            upper(msg.as_bytes())
+        );
+    }
+    let grown = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 16 * 1024,
+        "the server grew by {grown} KiB while a client sent {mib} MiB without reading"
+    );
+    // Now the greedy client reads: everything comes back, in order.
+    let mut got = vec![0u8; 64 * 1024];
+    let mut checked = 0;
+    loop {
+        let n = greedy.read(&mut got).expect("greedy read");
+        if n == 0 {
+            break;
+        }
+        assert!(checked + n <= total, "more bytes back than sent");
+        assert!(
+            got[..n] == upper(&data[checked..checked + n])[..],
+            "reply differs near byte {checked}"
+        );
+        checked += n;
+    }
+    assert_eq!(sender.join().unwrap(), total);
+    assert_eq!(checked, total, "reply length");
+}
+
+/// Runs the whole contract against one server configuration, one `#[test]` per check.
+///
+/// `suite!(name, binary, [extra args], clients = N)` makes a module `name` whose tests include
+/// N concurrent clients; without `clients = N` the concurrency check is left out (for the
+/// iterative server, which serves one client at a time by design).
+#[macro_export]
+macro_rules! suite {
+    ($name:ident, $bin:expr, [$($arg:expr),* $(,)?], clients = $n:expr) => {
+        $crate::suite!(@tests $name, $bin, [$($arg),*], {
+            #[test]
+            fn concurrent_clients() { $crate::concurrent_clients(BIN, ARGS, $n) }
+        });
+    };
+    ($name:ident, $bin:expr, [$($arg:expr),* $(,)?]) => {
+        $crate::suite!(@tests $name, $bin, [$($arg),*], {});
+    };
+    (@tests $name:ident, $bin:expr, [$($arg:expr),*], { $($more:tt)* }) => {
+        mod $name {
+            const BIN: &str = $bin;
+            const ARGS: &[&str] = &[$($arg),*];
+            #[test]
+            fn hello() { $crate::hello(BIN, ARGS) }
+            #[test]
+            fn binary_in_random_chunks() { $crate::binary_in_random_chunks(BIN, ARGS) }
+            #[test]
+            fn half_close() { $crate::half_close(BIN, ARGS) }
+            #[test]
+            fn resets_leave_server_alive() { $crate::resets_leave_server_alive(BIN, ARGS) }
+            #[test]
+            fn sigint_prints_summary() { $crate::sigint_prints_summary(BIN, ARGS) }
+            #[test]
+            fn sigterm_stops_cleanly() { $crate::sigterm_stops_cleanly(BIN, ARGS) }
+            #[test]
+            fn address_in_use() { $crate::address_in_use(BIN, ARGS) }
+            #[test]
+            fn bad_address() { $crate::bad_address(BIN, ARGS) }
+            #[test]
+            fn help() { $crate::help(BIN) }
+            $($more)*
+        }
+    };
+}

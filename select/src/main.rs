@@ -1,0 +1,276 @@
+//! # select: I/O multiplexing with `select(2)`
+//!
+//! One thread serves every client. Each pass of the loop hands the kernel two descriptor sets,
+//! the clients we may read from and the clients we owe bytes to, sleeps in `select` until at
+//! least one of them is ready, then makes only the calls that will not block.
+//!
+//! Run it beside the client:
+//!
+//! ```text
+//! cargo run -p select          # terminal 1
+//! cargo run -p client          # terminal 2, 3, 4 ...
+//! ```
+//!
+//! Watch: `-v` prints every wake-up (`3 ready of 5 watched`); `top` shows ~0% CPU while the
+//! clients are idle. An `fd_set` is a bitmap of FD_SETSIZE (1024) bits, so a connection whose
+//! descriptor is 1024 or more is refused with a message: that is select's ceiling.
+//!
+//! Diff it: `diff nonblocking/src/main.rs select/src/main.rs` (asking everyone → asking the
+//! kernel), then `diff select/src/main.rs poll/src/main.rs` (bitmaps → an array of pollfd).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use nix::errno::Errno;
+use nix::sys::select::{FD_SETSIZE, FdSet, pselect};
+use support::{Counter, STATS, trace};
+
+/// Bytes read per `read` call.
+const BUF_SIZE: usize = 4096;
+/// Back-pressure: stop reading from a client while this much of its output is unsent.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// Connections refused because their descriptor did not fit in an `fd_set`.
+static REFUSED: Counter = Counter::new();
+
+/// An echo server that waits in select(2): one thread, many clients, no busy loop.
+/// Its ceiling: descriptors up to FD_SETSIZE (1024) only; past that it refuses clients.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: support::Common,
+}
+
+// ANCHOR: client
+/// One connected client: its socket and the bytes we owe it.
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Upper-cased bytes not yet written (a slow reader's backlog, at most ~MAX_PENDING).
+    out: Vec<u8>,
+    /// The client sent EOF: we read no more, and close once `out` is empty.
+    eof: bool,
+    /// A read or write failed (reset, broken pipe): close now.
+    broken: bool,
+}
+
+impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            peer,
+            out: Vec::new(),
+            eof: false,
+            broken: false,
+        }
+    }
+    /// Read interest: not after EOF, and not while its output is backed up (back-pressure).
+    fn wants_read(&self) -> bool {
+        !self.eof && !self.broken && self.out.len() < MAX_PENDING
+    }
+    /// Write interest: only while there is something to write.
+    fn wants_write(&self) -> bool {
+        !self.broken && !self.out.is_empty()
+    }
+    fn finished(&self) -> bool {
+        self.broken || (self.eof && self.out.is_empty())
+    }
+    fn fail(&mut self, err: io::Error) {
+        trace!("{}: {err}; closing", self.peer);
+        self.broken = true;
+    }
+}
+// ANCHOR_END: client
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    support::init(&args.common);
+    support::finish(run(&args))
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    // ANCHOR: setup
+    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR), then
+    // non-blocking mode, so that accept with nothing waiting returns WouldBlock at once.
+    let addr = args.common.addr;
+    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    listener.set_nonblocking(true).context("set_nonblocking")?;
+    let wait_mask = support::catch_signals()?;
+    support::announce(&listener)?;
+    let mut spare = support::reserve_descriptor();
+    let mut clients: Vec<Client> = Vec::new();
+    let mut buf = [0u8; BUF_SIZE];
+    // ANCHOR_END: setup
+
+    while !support::stop_requested() {
+        // ANCHOR: wait
+        // Phase 1: wait. select() overwrites its sets with its answer, so they are rebuilt on
+        // every pass: the listener, each client we may read from, each client we owe bytes.
+        // (pselect is select plus a signal mask: Ctrl-C can interrupt the wait and only it.)
+        let mut readfds = FdSet::new();
+        let mut writefds = FdSet::new();
+        readfds.insert(listener.as_fd());
+        for client in &clients {
+            if client.wants_read() {
+                readfds.insert(client.stream.as_fd());
+            }
+            if client.wants_write() {
+                writefds.insert(client.stream.as_fd());
+            }
+        }
+        match pselect(None, &mut readfds, &mut writefds, None, None, &wait_mask) {
+            Ok(n) => trace!("select: {n} ready of {} watched", clients.len() + 1),
+            Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
+            Err(e) => return Err(e).context("select"),
+        }
+        STATS.wakeups.add(1);
+        let listener_ready = readfds.contains(listener.as_fd());
+        let ready: Vec<(bool, bool)> = clients
+            .iter()
+            .map(|c| {
+                (
+                    readfds.contains(c.stream.as_fd()),
+                    writefds.contains(c.stream.as_fd()),
+                )
+            })
+            .collect();
+        // ANCHOR_END: wait
+
+        // Phase 2: accept every connection waiting in the listen queue.
+        if listener_ready {
+            handle_new_connection(&listener, &mut clients, &mut spare);
+        }
+
+        // Phase 3: read and write, only where the kernel said the call will not block.
+        for (client, (readable, writable)) in clients.iter_mut().zip(ready) {
+            if readable {
+                handle_client_data(client, &mut buf);
+            }
+            if writable {
+                flush(client);
+            }
+        }
+
+        // Phase 4: close. retain() visits every entry once; deleting from a list while walking
+        // it by index skips the entry that slides into the gap, a bug classic servers carried.
+        clients.retain(|client| {
+            if client.finished() {
+                trace!(
+                    "{}: closed ({} bytes unsent)",
+                    client.peer,
+                    client.out.len()
+                );
+            }
+            !client.finished()
+        });
+    }
+    support::summary(&[("refused past FD_SETSIZE", REFUSED.get())]);
+    Ok(())
+}
+
+// ANCHOR: handle_new_connection
+/// Accepts every waiting connection, until accept answers WouldBlock.
+fn handle_new_connection(
+    listener: &TcpListener,
+    clients: &mut Vec<Client>,
+    spare: &mut Option<File>,
+) {
+    loop {
+        STATS.calls.add(1);
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                // select's ceiling: an fd_set only has bits for descriptors 0..FD_SETSIZE-1,
+                // and setting a higher one writes past its end. Refuse rather than corrupt.
+                let fd = stream.as_raw_fd();
+                if fd >= FD_SETSIZE as i32 {
+                    REFUSED.add(1);
+                    eprintln!(
+                        "refusing {peer}: descriptor {fd} is past select's FD_SETSIZE \
+                         ({FD_SETSIZE}); poll and epoll have no such limit"
+                    );
+                    continue; // dropping `stream` closes it
+                }
+                // On Linux the accepted socket does not inherit O_NONBLOCK from the listener.
+                if let Err(e) = stream.set_nonblocking(true) {
+                    trace!("{peer}: set_nonblocking: {e}");
+                    continue;
+                }
+                STATS.connections.add(1);
+                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                clients.push(Client::new(stream, peer));
+            }
+            // The queue is empty: every waiting connection has been accepted.
+            Err(e) if support::would_block(&e) => {
+                STATS.would_block.add(1);
+                break;
+            }
+            Err(e) if support::interrupted(&e) => {}
+            // No descriptor left. The connection stays queued and the listener stays ready,
+            // so the next wait returns at once, for ever: a busy loop. Give back the spare
+            // descriptor, accept the connection and close it, then take the spare again.
+            Err(e) if support::out_of_descriptors(&e) => {
+                drop(spare.take());
+                if let Ok((_stream, peer)) = listener.accept() {
+                    eprintln!("accept: {e}; closing {peer} unserved");
+                }
+                *spare = support::reserve_descriptor();
+                break;
+            }
+            // E.g. ECONNABORTED: the client gave up before we accepted it.
+            Err(e) => {
+                trace!("accept: {e}");
+                break;
+            }
+        }
+    }
+}
+// ANCHOR_END: handle_new_connection
+
+// ANCHOR: handle_client_data
+/// Reads once from a ready client, queues the upper-cased bytes, and writes what it can.
+fn handle_client_data(client: &mut Client, buf: &mut [u8]) {
+    STATS.calls.add(1);
+    match client.stream.read(buf) {
+        // EOF: the client will send no more. Flush what we owe, then close.
+        Ok(0) => client.eof = true,
+        Ok(n) => {
+            STATS.bytes_in.add(n as u64);
+            support::transform(&mut buf[..n]);
+            client.out.extend_from_slice(&buf[..n]);
+            flush(client);
+        }
+        // Not ready after all (it happens); the next pass will ask again.
+        Err(e) if support::would_block(&e) => STATS.would_block.add(1),
+        Err(e) if support::interrupted(&e) => {}
+        Err(e) => client.fail(e),
+    }
+}
+// ANCHOR_END: handle_client_data
+
+// ANCHOR: flush
+/// Writes as much queued output as the socket takes now; what it does not take stays queued,
+/// and the client stays in the write set until it is gone. Never waits.
+fn flush(client: &mut Client) {
+    while client.wants_write() {
+        STATS.calls.add(1);
+        match client.stream.write(&client.out) {
+            Ok(n) => {
+                STATS.bytes_out.add(n as u64);
+                client.out.drain(..n);
+            }
+            // The socket's send buffer is full: the client is not reading fast enough.
+            Err(e) if support::would_block(&e) => {
+                STATS.would_block.add(1);
+                break;
+            }
+            Err(e) if support::interrupted(&e) => {}
+            Err(e) => client.fail(e),
+        }
+    }
+}
+// ANCHOR_END: flush

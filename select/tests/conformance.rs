@@ -1,0 +1,12 @@
+//! The contract, with as many concurrent clients as fit under select's ceiling.
+conformance::suite!(select, env!("CARGO_BIN_EXE_select"), [], clients = 900);
+
+#[test]
+fn back_pressure() {
+    conformance::back_pressure(env!("CARGO_BIN_EXE_select"), &[], 32);
+}
+
+#[test]
+fn idle_is_quiet() {
+    conformance::idle_is_quiet(env!("CARGO_BIN_EXE_select"), &[], 100);
+}
