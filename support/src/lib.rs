@@ -188,6 +188,9 @@ pub fn exit_on_signal(on_stop: impl FnOnce() + Send + 'static) -> anyhow::Result
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            // Only the stop signals are for this thread: others (SIGCHLD, say) must go to the
+            // threads that wait for them.
+            let _ = SigSet::all().thread_block();
             if let Ok(signal) = signals.wait() {
                 STOP.store(signal as i32, Ordering::SeqCst);
                 on_stop();

@@ -1,0 +1,342 @@
+//! # blocking: the first model, and the classic ways to serve more than one client with it
+//!
+//! Every call here blocks: `accept` until a client connects, `read` until it sends something,
+//! `write` until the kernel has room. One thread can therefore serve one client at a time, and
+//! the four `--mode`s are the four classic answers to that:
+//!
+//! - `single`: the iterative server. A second client connects (the kernel completes the
+//!   handshake and queues it) but is not served until the first leaves.
+//! - `thread`: a thread per connection. Simple, and fine for hundreds of clients.
+//! - `fork`: a process per connection, reaped with `waitpid` when it exits.
+//! - `pool` (default): a fixed pool of `--workers` threads. Client N+1 waits in the queue
+//!   until a worker is free: the pool's upper limit, which the server announces on stderr.
+//!
+//! Run it beside the client:
+//!
+//! ```text
+//! cargo run -p blocking -- --mode pool --workers 2    # terminal 1
+//! cargo run -p client                                 # terminals 2, 3 and 4
+//! ```
+//!
+//! Watch: with two workers the third client's line gets no answer until another client quits
+//! (Ctrl-D); `ps -T -p $(pgrep blocking)` shows the threads, `ps -f --ppid ...` the processes.
+//!
+//! Diff it: this file has no neighbour to diff against; read `handle_client`, then compare it
+//! with `handle_client_data` in `nonblocking/src/main.rs`, where `read` may not wait.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use support::{Counter, STATS, trace};
+
+/// Bytes read per `read` call.
+const BUF_SIZE: usize = 4096;
+
+/// A blocking echo server: every call waits, so each client needs a thread or process of its
+/// own, or waits its turn. `--mode pool` shows the limit of a thread pool.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: support::Common,
+
+    /// How to serve more than one client.
+    #[arg(long, value_enum, default_value_t = Mode::Pool)]
+    mode: Mode,
+
+    /// Worker threads in the pool (`--mode pool`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: u32,
+
+    /// Connections that may wait for a pool worker; past that, new ones are closed at once.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+
+    /// Most clients served at once by `--mode thread` or `--mode fork`; past that, refused.
+    #[arg(long, default_value_t = 1000)]
+    max_clients: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One client at a time (the iterative server).
+    Single,
+    /// A thread per connection.
+    Thread,
+    /// A process per connection.
+    Fork,
+    /// A fixed pool of worker threads.
+    Pool,
+}
+
+/// Clients being served right now, and the most there ever were at once.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Connections closed unserved because a limit was reached.
+static REFUSED: Counter = Counter::new();
+/// Children reaped by `waitpid` (`--mode fork`).
+static REAPED: Counter = Counter::new();
+/// Clients that had to wait for a pool worker (`--mode pool`).
+static WAITED: Counter = Counter::new();
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    support::init(&args.common);
+    support::finish(run(&args))
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    // Ctrl-C: nothing here can be woken from `accept` or `read` without a race, so a thread
+    // of its own waits for SIGINT/SIGTERM, prints the summary and ends the process.
+    let children: Arc<Mutex<HashSet<Pid>>> = Arc::default();
+    let to_stop = Arc::clone(&children);
+    let mode = args.mode;
+    support::exit_on_signal(move || {
+        stop_children(&to_stop);
+        let peak = ("peak clients at once", PEAK.load(Ordering::Relaxed) as u64);
+        let refused = ("refused at a limit", REFUSED.get());
+        match mode {
+            Mode::Single => support::summary(&[]),
+            Mode::Thread => support::summary(&[peak, refused]),
+            Mode::Fork => support::summary(&[peak, refused, ("children reaped", REAPED.get())]),
+            Mode::Pool => support::summary(&[peak, refused, ("waited for a worker", WAITED.get())]),
+        }
+    })?;
+
+    // ANCHOR: setup
+    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR).
+    // The listener stays blocking: accept() sleeps until a client arrives.
+    let addr = args.common.addr;
+    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    support::announce(&listener)?;
+    // ANCHOR_END: setup
+
+    match args.mode {
+        Mode::Single => serve_single(&listener),
+        Mode::Thread => serve_threads(&listener, args.max_clients),
+        Mode::Fork => serve_processes(listener, args.max_clients, &children)?,
+        Mode::Pool => serve_pool(&listener, args.workers as usize, args.queue),
+    }
+    Ok(())
+}
+
+/// Blocks until the next client connects; counts it. Returns None when accept failed, which
+/// is that client's trouble (it gave up, or we are out of descriptors), not the server's.
+fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    STATS.calls.add(1);
+    match listener.accept() {
+        Ok((stream, peer)) => {
+            STATS.connections.add(1);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            if !support::interrupted(&e) {
+                eprintln!("accept: {e}");
+            }
+            None
+        }
+    }
+}
+
+// ANCHOR: single
+/// The iterative server: serve one client to the end, then accept the next. Meanwhile the
+/// kernel completes other clients' handshakes and queues them on the listener's backlog.
+fn serve_single(listener: &TcpListener) {
+    loop {
+        let Some((stream, peer)) = accept(listener) else { continue };
+        eprintln!("serving {peer}; any other client waits in the listen queue until it leaves");
+        let started = Instant::now();
+        handle_client(stream, peer);
+        eprintln!("{peer} left after {:.1} s; accepting the next", started.elapsed().as_secs_f64());
+    }
+}
+// ANCHOR_END: single
+
+// ANCHOR: threads
+/// A thread per connection: the blocking calls of one client stall only its own thread.
+fn serve_threads(listener: &TcpListener, max_clients: usize) {
+    loop {
+        let Some((stream, peer)) = accept(listener) else { continue };
+        if ACTIVE.load(Ordering::Relaxed) >= max_clients {
+            REFUSED.add(1);
+            eprintln!("refusing {peer}: {max_clients} threads already serve clients (--max-clients)");
+            continue;
+        }
+        let begin = enter();
+        let spawned = std::thread::Builder::new().spawn(move || {
+            handle_client(stream, peer);
+            leave(begin);
+        });
+        if let Err(e) = spawned {
+            // The closure, and with it the stream, is dropped: the client sees EOF.
+            eprintln!("cannot start a thread for {peer}: {e}");
+            ACTIVE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+// ANCHOR_END: threads
+
+// ANCHOR: processes
+/// A process per connection. The child serves the client and exits; the parent closes its
+/// copy of the connection and goes back to accept. A dead child stays a zombie until its
+/// parent collects its exit status with waitpid; a thread of ours does that on each SIGCHLD.
+fn serve_processes(
+    listener: TcpListener,
+    max_clients: usize,
+    children: &Arc<Mutex<HashSet<Pid>>>,
+) -> anyhow::Result<()> {
+    // SIGCHLD is blocked here (and in every thread); the reaper takes it with sigwait. The
+    // classic alternative, a handler that makes accept fail with EINTR, does not work in Rust:
+    // std's accept quietly retries after EINTR.
+    let mut sigchld = SigSet::empty();
+    sigchld.add(Signal::SIGCHLD);
+    sigchld.thread_block()?;
+    let to_reap = Arc::clone(children);
+    std::thread::Builder::new().name("reaper".into()).spawn(move || {
+        while sigchld.wait().is_ok() {
+            reap(&to_reap);
+        }
+    })?;
+    loop {
+        let Some((stream, peer)) = accept(&listener) else { continue };
+        // Held across fork, so the reaper cannot remove a child before it has been added.
+        let mut live = children.lock().unwrap();
+        if live.len() >= max_clients {
+            REFUSED.add(1);
+            eprintln!("refusing {peer}: {max_clients} processes already serve clients (--max-clients)");
+            continue;
+        }
+        // SAFETY: the child is a copy of this thread alone. It touches no lock that another
+        // thread may hold at this moment: not `children`, and nothing the waiting threads use.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                support::reset_signals_in_child();
+                // The child never accepts: close its copy of the listener, or the port would
+                // stay open for as long as any child lives, even after the parent is gone.
+                drop(listener);
+                handle_client(stream, peer);
+                std::process::exit(0);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                trace!("{peer}: served by process {child}");
+                live.insert(child);
+                PEAK.fetch_max(live.len(), Ordering::Relaxed);
+                // `stream` is dropped here: the parent's copy closes, the child's stays open.
+            }
+            Err(e) => eprintln!("fork for {peer}: {e}"),
+        }
+    }
+}
+
+/// Collects every child that has exited, without waiting for the ones still running.
+fn reap(children: &Mutex<HashSet<Pid>>) {
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        let pid = match status {
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => pid,
+            _ => break, // StillAlive: nobody else has exited
+        };
+        REAPED.add(1);
+        children.lock().unwrap().remove(&pid);
+    }
+}
+
+/// On Ctrl-C: ask every child to stop, and wait for them, so none is left behind.
+fn stop_children(children: &Mutex<HashSet<Pid>>) {
+    let live: Vec<Pid> = children.lock().unwrap().drain().collect();
+    for pid in &live {
+        let _ = kill(*pid, Signal::SIGTERM);
+    }
+    for pid in live {
+        if waitpid(pid, None).is_ok() {
+            REAPED.add(1);
+        }
+    }
+}
+// ANCHOR_END: processes
+
+// ANCHOR: pool
+/// A fixed pool of worker threads fed by a queue. When every worker is busy, a new client is
+/// accepted but only queued: it is connected, and nobody answers it until a worker is free.
+fn serve_pool(listener: &TcpListener, workers: usize, queue: usize) {
+    let pool = threadpool::ThreadPool::new(workers);
+    loop {
+        let Some((stream, peer)) = accept(listener) else { continue };
+        let waiting = pool.queued_count();
+        if waiting >= queue {
+            REFUSED.add(1);
+            eprintln!("refusing {peer}: {waiting} clients already wait for a worker (--queue)");
+            continue;
+        }
+        // Running and queued jobs both hold a worker, or will: this client waits behind them.
+        let busy = pool.active_count() + waiting >= workers;
+        if busy {
+            WAITED.add(1);
+            eprintln!(
+                "all {workers} workers busy: {peer} waits in the queue ({} waiting)",
+                waiting + 1
+            );
+        }
+        let queued_at = Instant::now();
+        pool.execute(move || {
+            if busy {
+                let waited = queued_at.elapsed().as_secs_f64();
+                eprintln!("a worker is free: serving {peer} after {waited:.1} s in the queue");
+            }
+            let begin = enter();
+            handle_client(stream, peer);
+            leave(begin);
+        });
+    }
+}
+// ANCHOR_END: pool
+
+/// Counts a client in; returns when it started, for the trace.
+fn enter() -> Instant {
+    let now = ACTIVE.fetch_add(1, Ordering::Relaxed) + 1;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+    Instant::now()
+}
+
+fn leave(began: Instant) {
+    ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    trace!("client done after {:.1} s", began.elapsed().as_secs_f64());
+}
+
+// ANCHOR: handle_client
+/// Serves one client to the end: read, upper-case, write back, until EOF. Each call blocks
+/// this thread (and only this thread); a client that does not read its replies makes
+/// `write_all` wait, which stops us reading from it too: back-pressure comes for free.
+fn handle_client(mut stream: TcpStream, peer: SocketAddr) {
+    trace!("{peer}: connected");
+    let mut buf = [0u8; BUF_SIZE];
+    loop {
+        STATS.calls.add(1);
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break, // EOF: nothing is pending (we reply before reading again)
+            Ok(n) => n,
+            Err(e) if support::interrupted(&e) => continue,
+            Err(e) => {
+                trace!("{peer}: {e}; closing");
+                return;
+            }
+        };
+        STATS.bytes_in.add(n as u64);
+        support::transform(&mut buf[..n]);
+        STATS.calls.add(1);
+        if let Err(e) = stream.write_all(&buf[..n]) {
+            trace!("{peer}: {e}; closing");
+            return;
+        }
+        STATS.bytes_out.add(n as u64);
+    }
+    trace!("{peer}: closed");
+}
+// ANCHOR_END: handle_client

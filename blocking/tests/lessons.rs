@@ -1,0 +1,131 @@
+//! What each blocking mode is there to show, checked from outside.
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use conformance::{Server, round_trip};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blocking");
+
+/// Asserts that `client` gets no reply within a short window. Absence is what is tested, so a
+/// timeout is the only way to see it; the window is short because the test does not depend on
+/// its length, only on nothing arriving in it.
+fn assert_no_reply_yet(client: &mut TcpStream) {
+    client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut byte = [0u8; 1];
+    match client.read(&mut byte) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("expected no reply while the server is busy, got {other:?}"),
+    }
+    client.set_read_timeout(Some(conformance::PATIENCE)).unwrap();
+}
+
+fn read_reply(client: &mut TcpStream, n: usize) -> Vec<u8> {
+    conformance::read_exactly(client, n)
+}
+
+#[test]
+fn single_makes_the_second_client_wait() {
+    let server = Server::start(BIN, &["--mode", "single"]);
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"first"), b"FIRST");
+    server.wait_for_stderr("any other client waits");
+
+    // The second client connects (the kernel queues it) but nobody reads what it sends.
+    let mut second = server.connect();
+    second.write_all(b"second").unwrap();
+    assert_no_reply_yet(&mut second);
+
+    drop(first); // the first client leaves...
+    assert_eq!(read_reply(&mut second, 6), b"SECOND"); // ...and the second is served
+    server.wait_for_stderr("accepting the next");
+}
+
+#[test]
+fn pool_of_two_makes_the_third_client_wait() {
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "2"]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    assert_eq!(round_trip(&mut a, b"a"), b"A");
+    assert_eq!(round_trip(&mut b, b"b"), b"B");
+
+    let mut c = server.connect();
+    c.write_all(b"third").unwrap();
+    server.wait_for_stderr("all 2 workers busy");
+    assert_no_reply_yet(&mut c);
+
+    drop(a); // a worker frees up and takes the queued client
+    assert_eq!(read_reply(&mut c, 5), b"THIRD");
+    server.wait_for_stderr("a worker is free: serving");
+    assert_eq!(round_trip(&mut b, b"still here"), b"STILL HERE");
+}
+
+#[test]
+fn pool_queue_is_bounded() {
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "1", "--queue", "1"]);
+    let mut a = server.connect();
+    assert_eq!(round_trip(&mut a, b"a"), b"A");
+    let _queued = server.connect();
+    server.wait_for_stderr("waits in the queue");
+    let mut refused = server.connect();
+    server.wait_for_stderr("refusing");
+    // The refused client is closed unserved: it reads EOF.
+    assert_eq!(conformance::read_to_eof(&mut refused), b"");
+}
+
+#[test]
+fn thread_mode_serves_hundreds_at_once() {
+    let _turn = conformance::heavy_lock();
+    let server = Server::start(BIN, &["--mode", "thread"]);
+    let mut clients = conformance::connect_many(&server, 400);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("client {i}");
+        assert_eq!(round_trip(c, msg.as_bytes()), msg.to_uppercase().as_bytes());
+    }
+    // One thread per client, plus main and the signal thread.
+    assert!(conformance::thread_count(server.pid()) >= 400);
+}
+
+/// Children of `pid` that are zombies (exited, not yet reaped).
+fn zombie_children(pid: nix::unistd::Pid) -> usize {
+    let mut zombies = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if fields.get(1) == Some(&pid.to_string().as_str()) && fields[0] == "Z" {
+            zombies += 1;
+        }
+    }
+    zombies
+}
+
+#[test]
+fn fork_leaves_no_zombies() {
+    let server = Server::start(BIN, &["--mode", "fork"]);
+    for i in 0..10 {
+        let mut c = server.connect();
+        let msg = format!("child {i}");
+        assert_eq!(round_trip(&mut c, msg.as_bytes()), msg.to_uppercase().as_bytes());
+    }
+    // Every child has now exited (its client closed); the parent must reap them all.
+    let deadline = std::time::Instant::now() + conformance::PATIENCE;
+    while zombie_children(server.pid()) > 0 {
+        assert!(std::time::Instant::now() < deadline, "zombies were never reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = server.interrupt();
+    assert!(stopped.status.success());
+    assert!(stopped.stderr.contains("children reaped"), "{}", stopped.stderr);
+}
+
+#[test]
+fn fork_stops_its_children_on_ctrl_c() {
+    let server = Server::start(BIN, &["--mode", "fork"]);
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"hold on"), b"HOLD ON");
+    let stopped = server.interrupt();
+    assert!(stopped.status.success(), "{stopped:?}");
+    // The child serving `c` was told to stop too: the connection is closed.
+    assert_eq!(conformance::read_to_eof(&mut c), b"");
+}
