@@ -1,0 +1,12 @@
+//! The contract, with five times select's ceiling in clients: poll has no FD_SETSIZE.
+conformance::suite!(poll, env!("CARGO_BIN_EXE_poll"), [], clients = 5000);
+
+#[test]
+fn back_pressure() {
+    conformance::back_pressure(env!("CARGO_BIN_EXE_poll"), &[], 32);
+}
+
+#[test]
+fn idle_is_quiet() {
+    conformance::idle_is_quiet(env!("CARGO_BIN_EXE_poll"), &[], 100);
+}
