@@ -151,11 +151,16 @@ fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
 /// kernel completes other clients' handshakes and queues them on the listener's backlog.
 fn serve_single(listener: &TcpListener) {
     loop {
-        let Some((stream, peer)) = accept(listener) else { continue };
+        let Some((stream, peer)) = accept(listener) else {
+            continue;
+        };
         eprintln!("serving {peer}; any other client waits in the listen queue until it leaves");
         let started = Instant::now();
         handle_client(stream, peer);
-        eprintln!("{peer} left after {:.1} s; accepting the next", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{peer} left after {:.1} s; accepting the next",
+            started.elapsed().as_secs_f64()
+        );
     }
 }
 // ANCHOR_END: single
@@ -164,10 +169,14 @@ fn serve_single(listener: &TcpListener) {
 /// A thread per connection: the blocking calls of one client stall only its own thread.
 fn serve_threads(listener: &TcpListener, max_clients: usize) {
     loop {
-        let Some((stream, peer)) = accept(listener) else { continue };
+        let Some((stream, peer)) = accept(listener) else {
+            continue;
+        };
         if ACTIVE.load(Ordering::Relaxed) >= max_clients {
             REFUSED.add(1);
-            eprintln!("refusing {peer}: {max_clients} threads already serve clients (--max-clients)");
+            eprintln!(
+                "refusing {peer}: {max_clients} threads already serve clients (--max-clients)"
+            );
             continue;
         }
         let begin = enter();
@@ -200,18 +209,24 @@ fn serve_processes(
     sigchld.add(Signal::SIGCHLD);
     sigchld.thread_block()?;
     let to_reap = Arc::clone(children);
-    std::thread::Builder::new().name("reaper".into()).spawn(move || {
-        while sigchld.wait().is_ok() {
-            reap(&to_reap);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            while sigchld.wait().is_ok() {
+                reap(&to_reap);
+            }
+        })?;
     loop {
-        let Some((stream, peer)) = accept(&listener) else { continue };
+        let Some((stream, peer)) = accept(&listener) else {
+            continue;
+        };
         // Held across fork, so the reaper cannot remove a child before it has been added.
         let mut live = children.lock().unwrap();
         if live.len() >= max_clients {
             REFUSED.add(1);
-            eprintln!("refusing {peer}: {max_clients} processes already serve clients (--max-clients)");
+            eprintln!(
+                "refusing {peer}: {max_clients} processes already serve clients (--max-clients)"
+            );
             continue;
         }
         // SAFETY: the child is a copy of this thread alone. It touches no lock that another
@@ -268,7 +283,9 @@ fn stop_children(children: &Mutex<HashSet<Pid>>) {
 fn serve_pool(listener: &TcpListener, workers: usize, queue: usize) {
     let pool = threadpool::ThreadPool::new(workers);
     loop {
-        let Some((stream, peer)) = accept(listener) else { continue };
+        let Some((stream, peer)) = accept(listener) else {
+            continue;
+        };
         let waiting = pool.queued_count();
         if waiting >= queue {
             REFUSED.add(1);

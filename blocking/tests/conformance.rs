@@ -1,7 +1,22 @@
 //! The contract, in each of the four modes.
 // The iterative server serves one client at a time by design: no concurrency check.
 conformance::suite!(single, env!("CARGO_BIN_EXE_blocking"), ["--mode", "single"]);
-conformance::suite!(thread, env!("CARGO_BIN_EXE_blocking"), ["--mode", "thread"], clients = 300);
-conformance::suite!(fork, env!("CARGO_BIN_EXE_blocking"), ["--mode", "fork"], clients = 50);
+conformance::suite!(
+    thread,
+    env!("CARGO_BIN_EXE_blocking"),
+    ["--mode", "thread"],
+    clients = 300
+);
+conformance::suite!(
+    fork,
+    env!("CARGO_BIN_EXE_blocking"),
+    ["--mode", "fork"],
+    clients = 50
+);
 // A pool serves at most --workers clients at once; the interleaved check needs them all served.
-conformance::suite!(pool, env!("CARGO_BIN_EXE_blocking"), ["--mode", "pool", "--workers", "16"], clients = 16);
+conformance::suite!(
+    pool,
+    env!("CARGO_BIN_EXE_blocking"),
+    ["--mode", "pool", "--workers", "16"],
+    clients = 16
+);

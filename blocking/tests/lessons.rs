@@ -11,13 +11,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_blocking");
 /// timeout is the only way to see it; the window is short because the test does not depend on
 /// its length, only on nothing arriving in it.
 fn assert_no_reply_yet(client: &mut TcpStream) {
-    client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut byte = [0u8; 1];
     match client.read(&mut byte) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         other => panic!("expected no reply while the server is busy, got {other:?}"),
     }
-    client.set_read_timeout(Some(conformance::PATIENCE)).unwrap();
+    client
+        .set_read_timeout(Some(conformance::PATIENCE))
+        .unwrap();
 }
 
 fn read_reply(client: &mut TcpStream, n: usize) -> Vec<u8> {
@@ -90,8 +94,12 @@ fn thread_mode_serves_hundreds_at_once() {
 fn zombie_children(pid: nix::unistd::Pid) -> usize {
     let mut zombies = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         if fields.get(1) == Some(&pid.to_string().as_str()) && fields[0] == "Z" {
             zombies += 1;
@@ -106,17 +114,27 @@ fn fork_leaves_no_zombies() {
     for i in 0..10 {
         let mut c = server.connect();
         let msg = format!("child {i}");
-        assert_eq!(round_trip(&mut c, msg.as_bytes()), msg.to_uppercase().as_bytes());
+        assert_eq!(
+            round_trip(&mut c, msg.as_bytes()),
+            msg.to_uppercase().as_bytes()
+        );
     }
     // Every child has now exited (its client closed); the parent must reap them all.
     let deadline = std::time::Instant::now() + conformance::PATIENCE;
     while zombie_children(server.pid()) > 0 {
-        assert!(std::time::Instant::now() < deadline, "zombies were never reaped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zombies were never reaped"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopped = server.interrupt();
     assert!(stopped.status.success());
-    assert!(stopped.stderr.contains("children reaped"), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("children reaped"),
+        "{}",
+        stopped.stderr
+    );
 }
 
 #[test]
