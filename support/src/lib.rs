@@ -172,6 +172,12 @@ fn stop_signals() -> SigSet {
     set
 }
 
+/// Records that `signal` asked us to stop, for a server that takes SIGINT and SIGTERM itself
+/// (with `sigwaitinfo`, say) rather than through the handler of [`catch_signals`].
+pub fn record_stop(signal: Signal) {
+    STOP.store(signal as i32, Ordering::SeqCst);
+}
+
 /// Has SIGINT or SIGTERM arrived?
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst) != 0
