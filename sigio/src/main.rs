@@ -1,0 +1,408 @@
+//! # sigio: signal-driven I/O with `O_ASYNC` and `F_SETSIG`
+//!
+//! One thread serves every client, and it never asks the kernel which sockets are ready: the
+//! kernel tells it. Every socket is set to `O_ASYNC`, owned by this process (`F_SETOWN`), with a
+//! real-time signal (`F_SETSIG`), so that each time one becomes readable or writable the kernel
+//! queues a signal whose siginfo names the descriptor (`si_fd`) and the event (`si_band`). The
+//! signals are blocked, never handled: the loop takes them one at a time with `sigwaitinfo`,
+//! then does the non-blocking reads and writes itself, each until it would block.
+//!
+//! Run it beside the client:
+//!
+//! ```text
+//! cargo run -p sigio           # terminal 1
+//! cargo run -p client          # terminal 2, 3, 4 ...
+//! ```
+//!
+//! Watch: `-v` prints every signal (`signal: fd 5 in`); one wake-up answers for one socket and
+//! one event, where epoll_wait hands back a batch. The signal queue is bounded (`ulimit -i`,
+//! RLIMIT_SIGPENDING); when it overflows the kernel sends a plain SIGIO that names nothing, and
+//! the server must try every socket (`SIGIO: ... rescanning`). Linux only: F_SETSIG is Linux's.
+//!
+//! Diff it: `diff epoll/src/main.rs sigio/src/main.rs` (the process asks → the kernel signals).
+
+// Elsewhere, only `run`'s refusal is compiled; the rest of the file is the Linux model.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, c_int, c_long};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{SigSet, Signal};
+use support::{Counter, STATS, trace};
+
+/// Bytes read per `read` call.
+const BUF_SIZE: usize = 4096;
+/// Back-pressure: stop reading from a client while this much of its output is unsent.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// `si_band` bits that send us to `read` (an error or a hang-up shows up there too) ...
+const READABLE: c_long = (POLLIN | POLLERR | POLLHUP) as c_long;
+/// ... and to `write`. A rescan, knowing nothing, tries both.
+const WRITABLE: c_long = POLLOUT as c_long;
+
+/// Plain SIGIOs received: the signal queue overflowed and every socket was tried.
+static OVERFLOWS: Counter = Counter::new();
+/// Signals that named a descriptor already closed (queued before its client went away).
+static STALE: Counter = Counter::new();
+
+/// An echo server driven by signals: the kernel queues a real-time signal naming each socket that
+/// becomes ready. Its limits: one wake-up per event, a bounded queue (overflow → rescan), Linux only.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: support::Common,
+}
+
+// ANCHOR: client
+/// One connected client: its socket and the bytes we owe it.
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Upper-cased bytes not yet written (a slow reader's backlog, at most ~MAX_PENDING).
+    out: Vec<u8>,
+    /// The client sent EOF: we read no more, and close once `out` is empty.
+    eof: bool,
+    /// A read or write failed (reset, broken pipe): close now.
+    broken: bool,
+}
+
+impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            peer,
+            out: Vec::new(),
+            eof: false,
+            broken: false,
+        }
+    }
+    /// Read interest: not after EOF, and not while its output is backed up (back-pressure).
+    fn wants_read(&self) -> bool {
+        !self.eof && !self.broken && self.out.len() < MAX_PENDING
+    }
+    /// Write interest: only while there is something to write.
+    fn wants_write(&self) -> bool {
+        !self.broken && !self.out.is_empty()
+    }
+    fn finished(&self) -> bool {
+        self.broken || (self.eof && self.out.is_empty())
+    }
+    fn fail(&mut self, err: io::Error) {
+        trace!("{}: {err}; closing", self.peer);
+        self.broken = true;
+    }
+}
+// ANCHOR_END: client
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    support::init(&args.common);
+    support::finish(run(&args))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run(_: &Args) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "signal-driven I/O needs Linux: F_SETSIG, which makes the signal name the ready \
+         descriptor, exists nowhere else; use the poll chapter's server there"
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn run(args: &Args) -> anyhow::Result<()> {
+    // ANCHOR: setup
+    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR). Block the
+    // signals first, then arm the listener: an unblocked real-time signal would kill us.
+    let addr = args.common.addr;
+    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    let wait_set = block_signals().context("pthread_sigmask")?;
+    arm(listener.as_fd()).context("O_ASYNC on the listener")?;
+    support::announce(&listener)?;
+    let mut spare = support::reserve_descriptor();
+    let mut clients: HashMap<RawFd, Client> = HashMap::new();
+    let mut buf = [0u8; BUF_SIZE];
+    // ANCHOR_END: setup
+
+    while !support::stop_requested() {
+        // ANCHOR: wait
+        // Phase 1: wait. Each socket's events wait in the process's signal queue, in order;
+        // sigwaitinfo takes the next one with its siginfo: which descriptor, which event. One
+        // signal, one socket: no set to build, and no batch either. All the signals we wait for
+        // stay blocked, so none is ever delivered to a handler: Ctrl-C is taken here too (ahead
+        // of queued real-time signals, as the lowest-numbered pending signal goes first).
+        let info = match next_signal(&wait_set) {
+            Ok(info) => info,
+            Err(Errno::EINTR) => continue, // a stop (SIGSTOP, Ctrl-Z) and SIGCONT end the wait
+            Err(e) => return Err(e).context("sigwaitinfo"),
+        };
+        STATS.wakeups.add(1);
+        let mut listener_ready = false;
+        let mut ready: Vec<(RawFd, c_long)> = Vec::new();
+        match info.si_signo {
+            // From the kernel (si_code is then POLL_IN, POLL_OUT, ...), for one descriptor.
+            signal if signal == io_signal() && info.si_code > 0 => {
+                // SAFETY: a signal sent for O_ASYNC, with F_SETSIG set, fills si_fd and si_band.
+                let (fd, band) = unsafe { (info.si_fd(), info.si_band()) };
+                trace!("signal: fd {fd} {}", band_names(band));
+                if fd == listener.as_raw_fd() {
+                    listener_ready = true;
+                } else {
+                    ready.push((fd, band));
+                }
+            }
+            libc::SIGINT | libc::SIGTERM => {
+                support::record_stop(Signal::try_from(info.si_signo)?);
+                continue;
+            }
+            // The queue was full (RLIMIT_SIGPENDING) and the kernel sent a plain SIGIO instead:
+            // some events are lost and nothing says which. Try every socket, as a poll would.
+            // (Also a real-time signal sent by hand, `kill -SIGRTMIN+1`, which names nothing.)
+            _ => {
+                OVERFLOWS.add(1);
+                trace!(
+                    "SIGIO: signal queue overflowed; rescanning all {} clients",
+                    clients.len()
+                );
+                listener_ready = true;
+                ready.extend(clients.keys().map(|&fd| (fd, READABLE | WRITABLE)));
+            }
+        }
+        // ANCHOR_END: wait
+
+        // Phase 2: accept every connection waiting in the listen queue.
+        if listener_ready {
+            handle_new_connection(&listener, &mut clients, &mut spare, &mut ready);
+        }
+
+        // Phase 3: read and write, on the sockets the signals named, each until it would block:
+        // a signal reports a change once, and no later one repeats it for bytes still waiting.
+        for &(fd, band) in &ready {
+            // Queued before its client closed: the descriptor is gone, or, reused, belongs to a
+            // newer client, whose calls then just answer would-block.
+            let Some(client) = clients.get_mut(&fd) else {
+                STALE.add(1);
+                continue;
+            };
+            let paused = !client.wants_read();
+            if band & WRITABLE != 0 {
+                flush(client);
+            }
+            // A flush that brought a paused client back under MAX_PENDING reads at once: the
+            // bytes waiting in its socket raised their signal while it was paused, and no other
+            // will come for them.
+            if band & READABLE != 0 || (paused && client.wants_read()) {
+                handle_client_data(client, &mut buf);
+            }
+        }
+
+        // Phase 4: close. Only the clients named in this pass can have changed, so only they
+        // are visited; poll and select walk every client, every pass.
+        for (fd, _) in &ready {
+            let Some(client) = clients.get(fd) else {
+                continue;
+            };
+            if client.finished() {
+                trace!(
+                    "{}: closed ({} bytes unsent)",
+                    client.peer,
+                    client.out.len()
+                );
+                clients.remove(fd); // dropping the stream closes the descriptor
+            }
+        }
+    }
+    support::summary(&[
+        ("queue overflows (SIGIO) / rescans", OVERFLOWS.get()),
+        ("signals for closed descriptors", STALE.get()),
+    ]);
+    Ok(())
+}
+
+// ANCHOR: handle_new_connection
+/// Accepts every waiting connection, until accept answers WouldBlock.
+#[cfg(target_os = "linux")]
+fn handle_new_connection(
+    listener: &TcpListener,
+    clients: &mut HashMap<RawFd, Client>,
+    spare: &mut Option<File>,
+    ready: &mut Vec<(RawFd, c_long)>,
+) {
+    loop {
+        STATS.calls.add(1);
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                // The accepted socket inherits neither O_NONBLOCK nor O_ASYNC: arm it.
+                if let Err(e) = arm(stream.as_fd()) {
+                    trace!("{peer}: O_ASYNC: {e}");
+                    continue;
+                }
+                STATS.connections.add(1);
+                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                // Its first bytes may have arrived before it was armed, and raised no signal:
+                // read it now, as if one had come.
+                let fd = stream.as_raw_fd();
+                clients.insert(fd, Client::new(stream, peer));
+                ready.push((fd, READABLE));
+            }
+            // The queue is empty: every waiting connection has been accepted.
+            Err(e) if support::would_block(&e) => {
+                STATS.would_block.add(1);
+                break;
+            }
+            Err(e) if support::interrupted(&e) => {}
+            // No descriptor left. The connection stays queued, and no new signal comes for it:
+            // the one that named the listener has been taken. Give back the spare descriptor,
+            // accept the connection and close it, then take the spare again, and go on: the
+            // rest of the queue raised its signals already, too.
+            Err(e) if support::out_of_descriptors(&e) => {
+                drop(spare.take());
+                if let Ok((_stream, peer)) = listener.accept() {
+                    eprintln!("accept: {e}; closing {peer} unserved");
+                }
+                *spare = support::reserve_descriptor();
+                if spare.is_none() {
+                    break; // the remedy failed too; going on would spin right here
+                }
+            }
+            // E.g. ECONNABORTED: the client gave up before we accepted it.
+            Err(e) => {
+                trace!("accept: {e}");
+                break;
+            }
+        }
+    }
+}
+// ANCHOR_END: handle_new_connection
+
+// ANCHOR: handle_client_data
+/// Reads from a client until its socket is empty (or it is backed up), queues the upper-cased
+/// bytes, and writes what it can.
+fn handle_client_data(client: &mut Client, buf: &mut [u8]) {
+    while client.wants_read() {
+        STATS.calls.add(1);
+        match client.stream.read(buf) {
+            // EOF: the client will send no more. Flush what we owe, then close.
+            Ok(0) => client.eof = true,
+            Ok(n) => {
+                STATS.bytes_in.add(n as u64);
+                support::transform(&mut buf[..n]);
+                client.out.extend_from_slice(&buf[..n]);
+                flush(client);
+            }
+            // Empty: the next bytes will raise the next signal.
+            Err(e) if support::would_block(&e) => {
+                STATS.would_block.add(1);
+                break;
+            }
+            Err(e) if support::interrupted(&e) => {}
+            Err(e) => client.fail(e),
+        }
+    }
+}
+// ANCHOR_END: handle_client_data
+
+// ANCHOR: flush
+/// Writes as much queued output as the socket takes now; what it does not take stays queued,
+/// and the kernel signals POLL_OUT once the socket has room again. Never waits.
+fn flush(client: &mut Client) {
+    while client.wants_write() {
+        STATS.calls.add(1);
+        match client.stream.write(&client.out) {
+            Ok(n) => {
+                STATS.bytes_out.add(n as u64);
+                client.out.drain(..n);
+            }
+            // The socket's send buffer is full: the client is not reading fast enough.
+            Err(e) if support::would_block(&e) => {
+                STATS.would_block.add(1);
+                break;
+            }
+            Err(e) if support::interrupted(&e) => {}
+            Err(e) => client.fail(e),
+        }
+    }
+}
+// ANCHOR_END: flush
+
+// ANCHOR: signals
+/// The signal each socket sends. A real-time one, because those queue (one per event, each with
+/// its own siginfo) where classic signals merge into one; SIGRTMIN itself is left to libraries.
+#[cfg(target_os = "linux")]
+fn io_signal() -> c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// F_SETSIG from <fcntl.h> (Linux, every architecture); the libc crate does not export it.
+#[cfg(target_os = "linux")]
+const F_SETSIG: c_int = 10;
+
+/// Makes `fd` non-blocking and signal-driven: ready events raise `io_signal()` at this process.
+/// Owner and signal are set before O_ASYNC, so that even the first signal is the right one.
+#[cfg(target_os = "linux")]
+fn arm(fd: BorrowedFd) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let check = |r: c_int| Errno::result(r).map(drop);
+    // nix 0.32's FcntlArg has neither F_SETOWN nor F_SETSIG: plain libc::fcntl.
+    // SAFETY: fcntl with integer arguments, on a descriptor that stays open for the call.
+    check(unsafe { libc::fcntl(raw, libc::F_SETOWN, std::process::id() as c_int) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(raw, F_SETSIG, io_signal()) })?;
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK | OFlag::O_ASYNC),
+    )?;
+    Ok(())
+}
+
+/// Blocks, in this (the only) thread, every signal the loop waits for, and returns that set:
+/// `io_signal()`, SIGIO (its stand-in when the queue is full), SIGINT and SIGTERM.
+#[cfg(target_os = "linux")]
+fn block_signals() -> nix::Result<SigSet> {
+    let named: SigSet = [Signal::SIGIO, Signal::SIGINT, Signal::SIGTERM]
+        .into_iter()
+        .collect();
+    let mut raw = *named.as_ref();
+    // nix's SigSet holds only named signals; a real-time one goes in with libc.
+    // SAFETY: `raw` is an initialised sigset_t and io_signal() a valid signal number.
+    Errno::result(unsafe { libc::sigaddset(&mut raw, io_signal()) })?;
+    // SAFETY: `raw` was built by sigemptyset/sigaddset.
+    let set = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    set.thread_block()?;
+    Ok(set)
+}
+
+/// Takes the next pending signal of `set` (sleeping until there is one), with its siginfo.
+/// Not nix's `SigSet::wait`, which is sigwait and keeps only the signal's number; not a
+/// signalfd either, which would turn the signals back into a descriptor to wait on.
+#[cfg(target_os = "linux")]
+fn next_signal(set: &SigSet) -> nix::Result<libc::siginfo_t> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::uninit();
+    // SAFETY: `set` is a valid sigset_t and `info` has room for the answer.
+    Errno::result(unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) })?;
+    // SAFETY: sigwaitinfo succeeded, so it filled `info`.
+    Ok(unsafe { info.assume_init() })
+}
+
+/// `si_band` in a few letters for `-v`: `in`, `out`, `in|hup`, ...
+fn band_names(band: c_long) -> String {
+    let names = [
+        (POLLIN, "in"),
+        (POLLOUT, "out"),
+        (POLLERR, "err"),
+        (POLLHUP, "hup"),
+    ];
+    let set = names.iter().filter(|(bit, _)| band & *bit as c_long != 0);
+    set.map(|(_, name)| *name).collect::<Vec<_>>().join("|")
+}
+// ANCHOR_END: signals

@@ -1,0 +1,12 @@
+//! The contract, with 500 concurrent clients: each of their messages is one queued signal.
+conformance::suite!(sigio, env!("CARGO_BIN_EXE_sigio"), [], clients = 500);
+
+#[test]
+fn back_pressure() {
+    conformance::back_pressure(env!("CARGO_BIN_EXE_sigio"), &[], 32);
+}
+
+#[test]
+fn idle_is_quiet() {
+    conformance::idle_is_quiet(env!("CARGO_BIN_EXE_sigio"), &[], 100);
+}
