@@ -112,10 +112,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
 
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR).
+    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue).
     // The listener stays blocking: accept() sleeps until a client arrives.
-    let addr = args.common.addr;
-    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    let listener = support::listen(args.common.addr)?;
     support::announce(&listener)?;
     // ANCHOR_END: setup
 

@@ -95,10 +95,9 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR), then
+    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue), then
     // non-blocking mode, so that accept with nothing waiting returns WouldBlock at once.
-    let addr = args.common.addr;
-    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    let listener = support::listen(args.common.addr)?;
     listener.set_nonblocking(true).context("set_nonblocking")?;
     let wait_mask = support::catch_signals()?;
     support::announce(&listener)?;

@@ -65,8 +65,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     // Set-up, as in every chapter: bind and listen, non-blocking, Ctrl-C, announce.
-    let addr = args.common.addr;
-    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    let listener = support::listen(args.common.addr)?;
     listener.set_nonblocking(true).context("set_nonblocking")?;
     let wait_mask = support::catch_signals()?;
     support::announce(&listener)?;

@@ -121,10 +121,9 @@ fn run(_: &Args) -> anyhow::Result<()> {
 #[cfg(target_os = "linux")]
 fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (std's bind does all three, with SO_REUSEADDR). Block the
+    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue). Block the
     // signals first, then arm the listener: an unblocked real-time signal would kill us.
-    let addr = args.common.addr;
-    let listener = TcpListener::bind(addr).map_err(|e| support::bind_error(addr, e))?;
+    let listener = support::listen(args.common.addr)?;
     let wait_set = block_signals().context("pthread_sigmask")?;
     arm(listener.as_fd()).context("O_ASYNC on the listener")?;
     support::announce(&listener)?;

@@ -83,6 +83,18 @@ pub fn transform(data: &mut [u8]) {
 }
 // ANCHOR_END: transform
 
+// ANCHOR: listen
+/// Set-up shared by every server: socket, SO_REUSEADDR, bind and listen, as std's
+/// `TcpListener::bind` does them, then listen again with the largest accept queue the kernel
+/// allows. std asks for 128: thousands of clients connecting at once would overflow that, and
+/// every connection attempt the kernel drops costs its client a one-second retry.
+pub fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN).context("listen")?;
+    Ok(listener)
+}
+// ANCHOR_END: listen
+
 /// Turns a failed `bind` into one line that says what to do about it.
 pub fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
     let advice = match err.kind() {
