@@ -1,0 +1,83 @@
+//! # aio: asynchronous I/O, the lecture's last model
+//!
+//! Every earlier model asks the kernel "is this socket ready?" and then makes the call that
+//! copies the data itself. Here the process hands the kernel the *whole* operation (accept,
+//! receive into this buffer, send these bytes) and is told later that it is done: the data is
+//! already in the buffer, or already sent. Two ways to do that on Linux, one per file:
+//!
+//! - `--backend uring` (default, `uring.rs`): io_uring. Operations go into a submission ring,
+//!   results come back on a completion ring, and one `io_uring_enter` call hands over and
+//!   collects many of them at once. The kernel really does the work.
+//! - `--backend posix` (`posix.rs`): POSIX AIO (`aio_read`, `aio_write`, `aio_suspend`). glibc
+//!   implements it in user space with helper threads, each blocked in an ordinary `read(2)`:
+//!   the interface is asynchronous, the machinery is the thread-per-client server again.
+//!
+//! Run it beside the client:
+//!
+//! ```text
+//! cargo run -p aio                       # terminal 1 (io_uring)
+//! cargo run -p aio -- --backend posix    # or POSIX AIO
+//! cargo run -p client                    # terminal 2, 3, 4 ...
+//! ```
+//!
+//! Watch: the uring summary compares operations with system calls: 1.0 per `io_uring_enter`
+//! with one client, 8.0 with 10,000 busy ones (`-v` prints each call's completions); and
+//! `ps -T -p $(pgrep -n aio)` shows one thread, however many clients. With `--backend posix`,
+//! `-v` prints the thread count as clients come and go, and `ps -T -o spid,comm,wchan` shows
+//! why: one helper per idle client, blocked in the kernel's TCP receive, which lingers a
+//! second after its client leaves; the summary gives the peak.
+//!
+//! No io_uring here (a kernel before 5.1, `/proc/sys/kernel/io_uring_disabled`, a container's
+//! seccomp filter)? The server says so in one line and suggests `--backend posix`. The hidden
+//! flag `--simulate-no-uring` makes set-up fail with that same ENOSYS, reported by the same
+//! code, so that the message can be seen and tested on any machine.
+//!
+//! Compare it: `uring.rs` keeps select's names (`handle_new_connection`, `handle_client_data`,
+//! `flush`) for the same jobs, now run when a completion arrives rather than when a socket is
+//! ready; `posix.rs` is `blocking --mode thread` behind an asynchronous interface.
+
+mod posix;
+mod uring;
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+
+/// An echo server that hands the kernel whole operations and is told when the data has been
+/// copied: io_uring by default, or POSIX AIO, which glibc runs on helper threads.
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: support::Common,
+
+    /// Which asynchronous interface does the I/O.
+    #[arg(long, value_enum, default_value_t = Backend::Uring)]
+    backend: Backend,
+
+    /// posix: glibc AIO helper threads, which is also the most clients served at once (an idle
+    /// client keeps one helper blocked in read); past that, new clients are refused.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    threads: u32,
+
+    /// uring: fail set-up exactly as a kernel without io_uring does (ENOSYS), to see and test
+    /// the message; the error goes through the same reporting code as a real one.
+    #[arg(long, hide = true)]
+    simulate_no_uring: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// io_uring (Linux 5.19 or later for everything used here).
+    Uring,
+    /// POSIX AIO as glibc implements it: helper threads.
+    Posix,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    support::init(&args.common);
+    support::finish(match args.backend {
+        Backend::Uring => uring::run(&args),
+        Backend::Posix => posix::run(&args),
+    })
+}

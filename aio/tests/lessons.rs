@@ -1,0 +1,163 @@
+//! What this chapter shows beyond the contract: io_uring's absence explained, POSIX AIO's
+//! helper threads following the clients, and the helper limit enforced.
+use std::time::{Duration, Instant};
+
+use conformance::{PATIENCE, Server, round_trip, run_to_exit, thread_count, upper};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aio");
+
+/// A kernel without io_uring (ENOSYS: too old, or hidden by seccomp) ends the server with one
+/// line that names the way out, and a non-zero exit, before anything is announced. The hidden
+/// flag makes set-up fail with that same ENOSYS, reported by the same code as a real failure.
+#[test]
+fn no_io_uring_suggests_posix() {
+    let out = run_to_exit(BIN, &["--simulate-no-uring", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "want one line, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("--backend posix"),
+        "no way out named:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("io_uring"),
+        "does not say what failed:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "announced although set-up failed");
+}
+
+/// Polls the server's thread count until `done` holds; fails after PATIENCE.
+fn wait_for_threads(server: &Server, what: &str, done: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let n = thread_count(server.pid());
+        if done(n) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "threads never {what}: still {n}");
+        std::thread::sleep(Duration::from_millis(20)); // polling interval, not a synchronisation
+    }
+}
+
+/// POSIX AIO as glibc implements it: each connected client with a read outstanding holds one
+/// helper thread blocked in read(2). With 40 idle clients the server has more than 30
+/// threads; once they leave, the helpers find no work and exit (after ~1 s idle).
+#[test]
+fn posix_threads_follow_clients() {
+    let server = Server::start(BIN, &["--backend", "posix"]);
+    let before = thread_count(server.pid());
+    let mut clients: Vec<_> = (0..40).map(|_| server.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("client {i}");
+        assert_eq!(round_trip(c, msg.as_bytes()), upper(msg.as_bytes()));
+    }
+    // Every client has had its reply, so its next read is submitted and waiting.
+    let busy = wait_for_threads(&server, "rose past 30", |n| n > 30);
+    drop(clients);
+    let after = wait_for_threads(&server, "fell", |n| n < 10);
+    eprintln!("threads: {before} before, {busy} with 40 idle clients, {after} after");
+}
+
+/// io_uring needs no thread per client: 200 idle clients, still one thread.
+#[test]
+fn uring_needs_no_threads() {
+    let server = Server::start(BIN, &["--backend", "uring"]);
+    let mut clients: Vec<_> = (0..200).map(|_| server.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("client {i}");
+        assert_eq!(round_trip(c, msg.as_bytes()), upper(msg.as_bytes()));
+    }
+    let threads = thread_count(server.pid());
+    assert!(threads < 5, "{threads} threads for 200 idle clients");
+}
+
+/// With every helper thread spoken for by an idle client, one more client would wait unserved
+/// for ever; the server refuses it instead, says so, and goes on serving the others.
+#[test]
+fn posix_refuses_past_its_helpers() {
+    let server = Server::start(BIN, &["--backend", "posix", "--threads", "4"]);
+    let mut clients: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        assert_eq!(round_trip(c, b"hi"), b"HI");
+    }
+    let mut extra = server.connect();
+    server.wait_for_stderr("raise --threads");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut extra, &mut byte).unwrap_or(0),
+        0,
+        "not closed"
+    );
+    assert_eq!(round_trip(&mut clients[0], b"still here"), b"STILL HERE");
+    let stopped = server.interrupt();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("1 refused"), "{}", stopped.stderr);
+}
+
+/// Descriptors the server has open, from /proc/PID/fd.
+fn open_descriptors(server: &Server) -> usize {
+    let dir = format!("/proc/{}/fd", server.pid());
+    std::fs::read_dir(dir).expect("read /proc/PID/fd").count()
+}
+
+/// Clients that reset mid-stream end in error completions; each must close its connection and
+/// leak nothing: once they are gone, the server is back to the descriptors it started with.
+fn resets_leak_nothing(args: &[&str]) {
+    let server = Server::start(BIN, args);
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"warm up"), b"WARM UP");
+    drop(first);
+    let baseline = {
+        let deadline = Instant::now() + PATIENCE;
+        let mut n = open_descriptors(&server);
+        // The warm-up connection closes asynchronously; wait for it to settle.
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let again = open_descriptors(&server);
+            if again == n {
+                break;
+            }
+            n = again;
+        }
+        n
+    };
+    let chunk = vec![b'x'; 256 * 1024];
+    for _ in 0..30 {
+        // A round trip first, so that the server holds this connection before it is reset.
+        let mut c = server.connect();
+        assert_eq!(round_trip(&mut c, b"hi"), b"HI");
+        // Then more than the socket buffers hold, unread, and a reset: the server is mid-send.
+        c.set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let _ = std::io::Write::write_all(&mut c, &chunk);
+        conformance::reset_on_close(&c);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let n = open_descriptors(&server);
+        if n <= baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} descriptors open, {baseline} before"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling interval
+    }
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"still fine"), b"STILL FINE");
+}
+
+#[test]
+fn uring_resets_leak_nothing() {
+    resets_leak_nothing(&["--backend", "uring"]);
+}
+
+#[test]
+fn posix_resets_leak_nothing() {
+    resets_leak_nothing(&["--backend", "posix"]);
+}
