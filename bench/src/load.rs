@@ -1,0 +1,830 @@
+//! `bench load`: one server under a closed-loop load, with idle connections held beside it.
+//!
+//! The server is the release binary beside this program (`target/release/NAME`), started on
+//! `127.0.0.1:0`; its `listening on IP:PORT` line tells us where to connect. Then:
+//!
+//! 1. `--idle` connections are opened and each is checked to be accepted; they then sit silent.
+//!    They are what select and poll pay for on every call, and what a thread per connection pays
+//!    for in memory.
+//! 2. The server's CPU share is measured while every connection is silent (`--idle-secs`):
+//!    ~0 for a server that sleeps in the kernel, a whole core for a busy loop.
+//! 3. `--conns` active connections each do closed-loop round trips (send `--size` bytes of
+//!    mixed-case text, wait for all of them to come back upper-cased, check them, send the next)
+//!    for `--secs` seconds. Every reply is verified, and its latency recorded.
+//! 4. The server's CPU time, RSS and thread count are read from `/proc/PID/stat` and `status`.
+//!
+//! The load generator must not be the bottleneck. It is a few threads (`--threads`, default 1),
+//! each driving its share of the active connections with level-triggered epoll: one thread
+//! handles hundreds of connections at a few µs per round trip, and leaves the second core to
+//! the server. Its own CPU share is printed: near 100% means the numbers measure the generator.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::table::{json_number, json_string, sig3, thousands};
+
+/// How long a server may take to announce itself, or to exit after SIGINT.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Idle connections are opened in batches of this many; after each batch one round trip on its
+/// last connection proves the server has accepted the whole batch (accept takes connections
+/// from the queue in order), so the listen queue never overflows and every idle connection is
+/// really held by the server when we measure.
+const BATCH: usize = 100;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The server binary to start (blocking, nonblocking, select, poll, epoll, sigio, aio).
+    #[arg(long)]
+    pub server: String,
+    /// Extra arguments for the server, split at spaces (e.g. "--mode thread").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub server_args: String,
+    /// Active connections doing round trips.
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
+    /// Idle connections held open beside them.
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    /// Bytes per round trip.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds to measure the server's CPU while every connection is silent (0 to skip).
+    #[arg(long, default_value_t = 1.0)]
+    pub idle_secs: f64,
+    /// Load-generator threads (each drives its share of the active connections with epoll).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Directory holding the server binaries (default: the one holding this program).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Print JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct LoadResult {
+    pub server: String,
+    pub server_args: String,
+    pub conns: usize,
+    pub idle: usize,
+    pub size: usize,
+    /// Seconds the load actually ran.
+    pub secs: f64,
+    pub round_trips: u64,
+    pub round_trips_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Server CPU seconds (user + system) during the load.
+    pub server_cpu_s: f64,
+    /// The same as a share of one core.
+    pub server_cpu_share: f64,
+    /// Share of one core the server used while all connections were silent (NaN if skipped).
+    pub idle_cpu_share: f64,
+    /// Server RSS right after it announced itself, before any connection.
+    pub rss_start_kib: u64,
+    /// Server RSS with every connection open, at the end of the load.
+    pub server_rss_kib: u64,
+    pub server_threads: u64,
+    /// Generator CPU seconds during the load, and as a share of one core.
+    pub client_cpu_s: f64,
+    pub client_cpu_share: f64,
+    pub client_threads: usize,
+    /// The server's summary line, printed on stderr when it stopped.
+    pub summary: String,
+}
+
+impl LoadResult {
+    /// (RSS with all connections − RSS at start) / connections: what one connection costs.
+    pub fn rss_per_conn_kib(&self) -> f64 {
+        let conns = (self.conns + self.idle).max(1) as f64;
+        self.server_rss_kib.saturating_sub(self.rss_start_kib) as f64 / conns
+    }
+
+    pub fn to_json(&self) -> String {
+        let fields = [
+            ("server", json_string(&self.server)),
+            ("server_args", json_string(&self.server_args)),
+            ("conns", self.conns.to_string()),
+            ("idle", self.idle.to_string()),
+            ("size", self.size.to_string()),
+            ("secs", json_number(self.secs)),
+            ("round_trips", self.round_trips.to_string()),
+            ("round_trips_per_sec", json_number(self.round_trips_per_sec)),
+            ("p50_us", json_number(self.p50_us)),
+            ("p99_us", json_number(self.p99_us)),
+            ("max_us", json_number(self.max_us)),
+            ("server_cpu_s", json_number(self.server_cpu_s)),
+            ("server_cpu_share", json_number(self.server_cpu_share)),
+            ("idle_cpu_share", json_number(self.idle_cpu_share)),
+            ("rss_start_kib", self.rss_start_kib.to_string()),
+            ("server_rss_kib", self.server_rss_kib.to_string()),
+            ("rss_per_conn_kib", json_number(self.rss_per_conn_kib())),
+            ("server_threads", self.server_threads.to_string()),
+            ("client_cpu_s", json_number(self.client_cpu_s)),
+            ("client_cpu_share", json_number(self.client_cpu_share)),
+            ("client_threads", self.client_threads.to_string()),
+            ("server_summary", json_string(&self.summary)),
+        ];
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v}"))
+            .collect();
+        format!("{{{}}}", body.join(", "))
+    }
+
+    pub fn to_text(&self) -> String {
+        let args = if self.server_args.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.server_args)
+        };
+        let idle_cpu = if self.idle_cpu_share.is_finite() {
+            format!(
+                "; {}% of a core while every connection sat silent",
+                sig3(self.idle_cpu_share * 100.0)
+            )
+        } else {
+            String::new()
+        };
+        let mut out = format!(
+            "bench load: {}{args}, {} active + {} idle connections, {}-byte round trips for {} s\n",
+            self.server,
+            self.conns,
+            thousands(self.idle as u64),
+            self.size,
+            sig3(self.secs)
+        );
+        out += &format!(
+            "  round trips/s    {} ({} round trips, every reply verified)\n",
+            thousands(self.round_trips_per_sec.round() as u64),
+            thousands(self.round_trips)
+        );
+        out += &format!(
+            "  latency          p50 {} µs, p99 {} µs, max {} µs\n",
+            sig3(self.p50_us),
+            sig3(self.p99_us),
+            sig3(self.max_us)
+        );
+        out += &format!(
+            "  server CPU       {} s under load ({}% of a core){idle_cpu}\n",
+            sig3(self.server_cpu_s),
+            sig3(self.server_cpu_share * 100.0)
+        );
+        out += &format!(
+            "  server memory    RSS {} KiB ({} KiB at start: {} KiB per connection)\n",
+            thousands(self.server_rss_kib),
+            thousands(self.rss_start_kib),
+            sig3(self.rss_per_conn_kib())
+        );
+        out += &format!("  server threads   {}\n", self.server_threads);
+        out += &format!(
+            "  generator CPU    {} s ({}% of a core, {} thread{}){}\n",
+            sig3(self.client_cpu_s),
+            sig3(self.client_cpu_share * 100.0),
+            self.client_threads,
+            if self.client_threads == 1 { "" } else { "s" },
+            if self.client_cpu_share > 0.9 * self.client_threads as f64 {
+                "  <- the generator may be the bottleneck; try --threads 2"
+            } else {
+                ""
+            }
+        );
+        if !self.summary.is_empty() {
+            out += &format!("  server said      {}\n", self.summary);
+        }
+        out
+    }
+}
+
+pub fn main(args: &LoadArgs) -> anyhow::Result<()> {
+    let result = run(args)?;
+    if args.json {
+        println!("{}", result.to_json());
+    } else {
+        print!("{}", result.to_text());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process.
+
+/// Where the server binaries are: `--bin-dir`, or the directory holding this program (cargo
+/// puts every binary of the workspace in the same `target/<profile>/`).
+pub fn server_binary(name: &str, bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match bin_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_exe()
+            .context("current_exe")?
+            .parent()
+            .context("the directory of this program")?
+            .to_path_buf(),
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "no server binary {} (build the servers first: cargo build --release --workspace)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Finds `IP:PORT` after `listening on` in a server's announcement line.
+pub fn parse_announcement(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A running server; killed if dropped without [`ServerProcess::stop`].
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Starts `bin args... 127.0.0.1:0` and waits for its `listening on` line.
+    pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        // Read both pipes to the end in threads, so that the server never blocks writing them.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let mut server = ServerProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        };
+        let line = match rx.recv_timeout(PATIENCE) {
+            Ok(Some(Ok(line))) => line,
+            _ => {
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                if let Some(reader) = server.stderr_reader.take() {
+                    let _ = reader.join();
+                }
+                bail!(
+                    "{} announced nothing; it said: {}",
+                    bin.display(),
+                    server.stderr().trim()
+                );
+            }
+        };
+        server.addr = parse_announcement(&line)
+            .ok_or_else(|| anyhow!("no `listening on IP:PORT` in its first line: {line:?}"))?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What the server has written on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends SIGINT, waits for the exit, and returns the server's `summary:` line.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        kill(Pid::from_raw(self.pid()), Signal::SIGINT).context("kill -INT")?;
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("wait")? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not exit within {PATIENCE:?} of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        let stderr = self.stderr();
+        if !status.success() {
+            bail!("the server exited with {status} after SIGINT; it said: {stderr}");
+        }
+        Ok(summary_line(&stderr).unwrap_or_default())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The text after `summary: ` in the server's stderr.
+pub fn summary_line(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .find_map(|l| l.split_once("summary: ").map(|(_, s)| s.trim().to_owned()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the kernel says about a process.
+
+/// CPU seconds (user + system, all threads) a process has used: fields 14 and 15 of
+/// /proc/PID/stat, in clock ticks (1/100 s here), counted after the command name's ')'.
+pub fn cpu_seconds(pid: i32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("/proc/PID/stat")?;
+    parse_stat_cpu(&stat, clock_ticks()).context("parse /proc/PID/stat")
+}
+
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t as u64)
+}
+
+/// utime + stime from the text of /proc/PID/stat, in seconds. The command name may hold spaces
+/// and parentheses, so the fields are counted from its last ')'.
+pub fn parse_stat_cpu(stat: &str, ticks_per_sec: u64) -> Option<f64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')' come state (field 3), ppid, ...: utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks_per_sec as f64)
+}
+
+/// A `Name:   value ...` field of /proc/PID/status (VmRSS in KiB, Threads).
+pub fn status_field(pid: i32, name: &str) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("/proc/PID/status")?;
+    parse_status_field(&status, name).with_context(|| format!("{name} in /proc/PID/status"))
+}
+
+pub fn parse_status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The measurement.
+
+pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
+    if args.conns == 0 || args.size == 0 || args.threads == 0 {
+        bail!("--conns, --size and --threads must be at least 1");
+    }
+    let bin = server_binary(&args.server, args.bin_dir.as_deref())?;
+    let limit = crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")? as usize;
+    if args.idle + args.conns + 64 > limit {
+        bail!(
+            "{} connections need more descriptors than this process may open ({limit})",
+            args.idle + args.conns
+        );
+    }
+    let server_args: Vec<&str> = args.server_args.split_whitespace().collect();
+    let server = ServerProcess::start(&bin, &server_args)?;
+    let pid = server.pid();
+    let rss_start_kib = status_field(pid, "VmRSS")?;
+    // If anything below fails, say what the server said: it is usually the reason.
+    let with_stderr = |e: anyhow::Error| {
+        let said = server.stderr();
+        let said = said.trim();
+        if said.is_empty() {
+            e
+        } else {
+            e.context(format!("the server said: {said}"))
+        }
+    };
+
+    // 1. Idle connections, each proved accepted.
+    let idle = open_idle(server.addr, args.idle).map_err(with_stderr)?;
+    // The active connections are opened now too, so that the idle window sees every one.
+    let mut active = (0..args.conns)
+        .map(|i| Conn::open(server.addr, i, args.size))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(with_stderr)?;
+    for c in &mut active {
+        c.warm_up().map_err(with_stderr)?;
+    }
+
+    // 2. CPU while everything is silent.
+    let idle_cpu_share = if args.idle_secs > 0.0 {
+        let before = cpu_seconds(pid)?;
+        let started = Instant::now();
+        thread::sleep(Duration::from_secs_f64(args.idle_secs)); // the window itself
+        (cpu_seconds(pid)? - before) / started.elapsed().as_secs_f64()
+    } else {
+        f64::NAN
+    };
+
+    // 3. The load.
+    let threads = args.threads.min(args.conns);
+    let mut shares: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in active.into_iter().enumerate() {
+        shares[i % threads].push(c);
+    }
+    let server_cpu_before = cpu_seconds(pid)?;
+    let client_cpu_before = crate::own_cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.secs);
+    let workers: Vec<_> = shares
+        .into_iter()
+        .map(|conns| thread::spawn(move || drive(conns, deadline)))
+        .collect();
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut failure = None;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(mut l)) => latencies.append(&mut l),
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(anyhow!("a generator thread panicked")),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let client_cpu_s = crate::own_cpu_seconds() - client_cpu_before;
+    let server_cpu_s = cpu_seconds(pid)? - server_cpu_before;
+    if let Some(e) = failure {
+        return Err(with_stderr(e));
+    }
+
+    // 4. What the server holds with every connection still open.
+    let server_rss_kib = status_field(pid, "VmRSS")?;
+    let server_threads = status_field(pid, "Threads")?;
+    // Stop the server before closing our ends: it then closes first, and the TIME_WAIT state
+    // lands on its listening port rather than on our ephemeral ports.
+    let summary = server.stop()?;
+    drop(idle);
+
+    latencies.sort_unstable();
+    let us = |p| percentile(&latencies, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
+    Ok(LoadResult {
+        server: args.server.clone(),
+        server_args: args.server_args.clone(),
+        conns: args.conns,
+        idle: args.idle,
+        size: args.size,
+        secs,
+        round_trips: latencies.len() as u64,
+        round_trips_per_sec: latencies.len() as f64 / secs,
+        p50_us: us(50.0),
+        p99_us: us(99.0),
+        max_us: us(100.0),
+        server_cpu_s,
+        server_cpu_share: server_cpu_s / secs,
+        idle_cpu_share,
+        rss_start_kib,
+        server_rss_kib,
+        server_threads,
+        client_cpu_s,
+        client_cpu_share: client_cpu_s / secs,
+        client_threads: threads,
+        summary,
+    })
+}
+
+/// The `p`th percentile (0–100) of sorted values, by the nearest-rank method: the smallest value
+/// with at least p% of all values at or below it. None for no values.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Opens `n` connections that will stay silent, in batches, each batch proved accepted.
+fn open_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let mut idle = Vec::with_capacity(n);
+    while idle.len() < n {
+        let batch = BATCH.min(n - idle.len());
+        for _ in 0..batch {
+            let stream = TcpStream::connect(addr)
+                .with_context(|| format!("connect idle connection #{}", idle.len() + 1))?;
+            idle.push(stream);
+        }
+        let n = idle.len();
+        let last = idle.last_mut().expect("a batch is never empty");
+        last.set_read_timeout(Some(PATIENCE))?;
+        last.write_all(b"ping")
+            .and_then(|()| {
+                let mut reply = [0u8; 4];
+                last.read_exact(&mut reply)?;
+                if &reply == b"PING" {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!("wrong reply {reply:?}")))
+                }
+            })
+            .with_context(|| {
+                format!("idle connection #{n} got no reply: did the server refuse it?")
+            })?;
+    }
+    Ok(idle)
+}
+
+/// Mixed-case text with digits, punctuation and UTF-8, so that a server that upper-cases too
+/// much, too little, or garbles bytes is caught by the check of every reply.
+const TEXT: &[u8] =
+    "The quick brown Fox jumps over 13 lazy DOGS; ünïcode ß stays, [brackets] too!\n".as_bytes();
+
+/// One active connection in the closed loop: one request in flight at a time.
+struct Conn {
+    stream: TcpStream,
+    id: usize,
+    request: Vec<u8>,
+    expected: Vec<u8>,
+    /// Bytes of `request` written, and of the reply read, so far.
+    sent: usize,
+    reply: Vec<u8>,
+    received: usize,
+    started: Instant,
+    round: usize,
+    /// Whether write interest is registered (only while part of the request is unsent).
+    wants_write: bool,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, id: usize, size: usize) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).context("connect active connection")?;
+        // Small requests must leave at once, not wait for Nagle's algorithm.
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            id,
+            request: vec![0; size],
+            expected: vec![0; size],
+            sent: 0,
+            reply: vec![0; size],
+            received: 0,
+            started: Instant::now(),
+            round: 0,
+            wants_write: false,
+        })
+    }
+
+    /// Fills the next request: a different slice of TEXT each round.
+    fn next_request(&mut self) {
+        let start = (self.id * 7 + self.round * 11) % TEXT.len();
+        for (i, b) in self.request.iter_mut().enumerate() {
+            *b = TEXT[(start + i) % TEXT.len()];
+        }
+        self.expected.copy_from_slice(&self.request);
+        self.expected.make_ascii_uppercase();
+        self.round += 1;
+        self.sent = 0;
+        self.received = 0;
+        self.started = Instant::now();
+    }
+
+    /// One blocking round trip before the clock starts: proves the connection is served.
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        self.next_request();
+        self.stream.set_read_timeout(Some(PATIENCE))?;
+        self.stream.write_all(&self.request)?;
+        self.stream
+            .read_exact(&mut self.reply)
+            .context("the warm-up round trip got no full reply")?;
+        self.verify()?;
+        self.stream.set_nonblocking(true)?;
+        Ok(())
+    }
+
+    fn verify(&self) -> anyhow::Result<()> {
+        if self.reply != self.expected {
+            let at = self
+                .reply
+                .iter()
+                .zip(&self.expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            bail!(
+                "connection {} round {}: wrong reply at byte {at}: got {:?}, want {:?}",
+                self.id,
+                self.round,
+                String::from_utf8_lossy(&self.reply),
+                String::from_utf8_lossy(&self.expected)
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now.
+    fn write_some(&mut self) -> anyhow::Result<()> {
+        while self.sent < self.request.len() {
+            match self.stream.write(&self.request[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context(format!("write on connection {}", self.id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived; Some(latency) when the whole reply is in and verified.
+    fn read_some(&mut self) -> anyhow::Result<Option<Duration>> {
+        while self.received < self.reply.len() {
+            match self.stream.read(&mut self.reply[self.received..]) {
+                Ok(0) => bail!("connection {}: the server closed it", self.id),
+                Ok(n) => self.received += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context(format!("read on connection {}", self.id)),
+            }
+        }
+        if self.sent < self.request.len() {
+            bail!(
+                "connection {}: a full reply arrived before the request was sent",
+                self.id
+            );
+        }
+        self.verify()?;
+        Ok(Some(self.started.elapsed()))
+    }
+}
+
+/// One generator thread: keeps one request in flight on each of its connections until the
+/// deadline, and returns every round trip's latency in nanoseconds.
+fn drive(mut conns: Vec<Conn>, deadline: Instant) -> anyhow::Result<Vec<u64>> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
+    let mut latencies = Vec::with_capacity(1 << 16);
+    for (i, c) in conns.iter_mut().enumerate() {
+        epoll
+            .add(
+                c.stream.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
+            )
+            .context("epoll_ctl ADD")?;
+        c.next_request();
+        c.write_some()?;
+        update_interest(&epoll, c, i)?;
+    }
+    let mut events = vec![EpollEvent::empty(); conns.len().min(1024)];
+    // Wake at least every 50 ms, to notice the deadline even if the server stalls.
+    let timeout = PollTimeout::try_from(50).expect("50 ms fits");
+    while Instant::now() < deadline {
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("epoll_wait"),
+        };
+        for ev in &events[..n] {
+            let i = ev.data() as usize;
+            let c = &mut conns[i];
+            let flags = ev.events();
+            if flags.contains(EpollFlags::EPOLLOUT) {
+                c.write_some()?;
+            }
+            if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+                if let Some(latency) = c.read_some()? {
+                    latencies.push(latency.as_nanos() as u64);
+                    c.next_request();
+                    c.write_some()?;
+                }
+            }
+            update_interest(&epoll, c, i)?;
+        }
+    }
+    Ok(latencies)
+}
+
+/// Asks for write readiness only while part of the request is unsent.
+fn update_interest(epoll: &Epoll, c: &mut Conn, i: usize) -> anyhow::Result<()> {
+    let want = c.sent < c.request.len();
+    if want != c.wants_write {
+        let mut flags = EpollFlags::EPOLLIN;
+        if want {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        epoll
+            .modify(c.stream.as_fd(), &mut EpollEvent::new(flags, i as u64))
+            .context("epoll_ctl MOD")?;
+        c.wants_write = want;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&v, 100.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[1, 2, 3], 50.0), Some(2));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn announcements_parse() {
+        assert_eq!(
+            parse_announcement("select listening on 127.0.0.1:40123"),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(
+            parse_announcement("epoll listening on [::1]:8080 (edge-triggered)"),
+            Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(parse_announcement("listening on nowhere"), None);
+        assert_eq!(parse_announcement("hello"), None);
+    }
+
+    #[test]
+    fn proc_fields_parse() {
+        // A command name with a space and a parenthesis must not shift the fields.
+        let stat = "4242 (my (server) x) S 1 4242 4242 0 -1 4194304 120 0 0 0 250 50 0 0 20 0 1 \
+                    0 1234 5678 90 18446744073709551615";
+        assert_eq!(parse_stat_cpu(stat, 100), Some(3.0));
+        let status = "Name:\tselect\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_field(status, "VmRSS"), Some(2048));
+        assert_eq!(parse_status_field(status, "Threads"), Some(3));
+        assert_eq!(parse_status_field(status, "VmSwap"), None);
+        assert_eq!(
+            summary_line("select: stopped by SIGINT\nselect: summary: 3 connections, 1 KiB in\n"),
+            Some("3 connections, 1 KiB in".to_owned())
+        );
+    }
+
+    #[test]
+    fn requests_are_mixed_case_and_change() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = Conn::open(listener.local_addr().unwrap(), 3, 40).unwrap();
+        c.next_request();
+        let first = c.request.clone();
+        assert!(first.iter().any(u8::is_ascii_lowercase));
+        assert!(first.iter().any(u8::is_ascii_uppercase));
+        assert_eq!(c.expected, first.to_ascii_uppercase());
+        c.next_request();
+        assert_ne!(c.request, first);
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let json = LoadResult::default().to_json();
+        for key in [
+            "round_trips_per_sec",
+            "p50_us",
+            "p99_us",
+            "server_cpu_s",
+            "server_rss_kib",
+            "server_threads",
+        ] {
+            assert!(json.contains(&format!("\"{key}\": ")), "{key} in {json}");
+        }
+    }
+}

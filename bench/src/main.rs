@@ -1,0 +1,107 @@
+//! # bench: the lecture's claims, measured on this machine
+//!
+//! The lecture asserts that select and poll cost more the more descriptors they watch, that
+//! epoll does not, that a busy loop burns a core, and that a thread per connection costs memory.
+//! This crate turns each claim into a number a class can reproduce:
+//!
+//! ```text
+//! cargo run --release -p bench -- readiness          # Kerrisk's table 63-9, on this machine
+//! cargo build --release --workspace                  # the servers, then:
+//! cargo run --release -p bench -- load --server epoll --conns 4 --idle 5000 --secs 3
+//! cargo run --release -p bench -- report             # every table and plot of the book
+//! ```
+//!
+//! `readiness` times the readiness calls alone (no server). `load` starts one server binary on
+//! port 0, holds idle connections open beside a few busy ones, and reads the server's CPU time,
+//! memory and thread count from `/proc`. `report` runs both over the whole matrix and writes
+//! markdown tables and SVG plots into `docs/src/measurements/`.
+//!
+//! Run it in release mode: a debug build measures the bench, not the kernel.
+
+mod load;
+mod plot;
+mod readiness;
+mod report;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Measures the I/O models: readiness-call cost, and each server under load.
+/// Run it with --release; `bench report` regenerates every figure in the book.
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// CPU time of 100,000 select/poll/epoll_wait calls with N descriptors watched and one
+    /// random one ready (the method of Kerrisk's TLPI table 63-9), beside his published numbers.
+    Readiness {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Monitoring operations at N = 10 and 100; select and poll get proportionally fewer
+        /// for larger N (the result is scaled to 100,000 either way).
+        #[arg(long, default_value_t = readiness::DEFAULT_OPS)]
+        ops: u64,
+    },
+    /// Start one server, hold idle connections open beside busy ones, and measure.
+    Load(load::LoadArgs),
+    /// Run every measurement and write the tables and SVG plots for the book.
+    Report {
+        /// A fast smoke run: few idle levels, short windows. Writes to target/measurements-quick
+        /// unless --out is given, so that it never overwrites the book's real numbers.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the markdown and SVG files (default: docs/src/measurements).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Directory holding the server binaries (default: the one holding this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Readiness { json, ops } => readiness::main(json, ops),
+        Command::Load(load) => load::main(&load),
+        Command::Report {
+            quick,
+            out,
+            bin_dir,
+        } => report::main(quick, out, bin_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises this process's soft descriptor limit to its hard limit and returns it: 10,000 idle
+/// connections, or 10,000 watched descriptors, need more than the usual soft limit of 1024.
+fn raise_descriptor_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far.
+fn own_cpu_seconds() -> f64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+        .unwrap_or(0.0)
+}
