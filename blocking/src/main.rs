@@ -112,7 +112,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
 
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue).
+    // Set-up: socket, bind and listen (support::listen, with a long accept queue).
     // The listener stays blocking: accept() sleeps until a client arrives.
     let listener = support::listen(args.common.addr)?;
     support::announce(&listener)?;

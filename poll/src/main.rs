@@ -95,7 +95,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue), then
+    // Set-up: socket, bind and listen (support::listen, with a long accept queue), then
     // non-blocking mode, so that accept with nothing waiting returns WouldBlock at once.
     let listener = support::listen(args.common.addr)?;
     listener.set_nonblocking(true).context("set_nonblocking")?;

@@ -121,7 +121,7 @@ fn run(_: &Args) -> anyhow::Result<()> {
 #[cfg(target_os = "linux")]
 fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: socket, bind and listen (support::listen: std's bind, then a long accept queue). Block the
+    // Set-up: socket, bind and listen (support::listen, with a long accept queue). Block the
     // signals first, then arm the listener: an unblocked real-time signal would kill us.
     let listener = support::listen(args.common.addr)?;
     let wait_set = block_signals().context("pthread_sigmask")?;
