@@ -670,6 +670,55 @@ pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     assert_eq!(checked, total, "reply length");
 }
 
+/// The lecture's own client loop, in Python as the lecture writes it: read a line, skip it if
+/// empty, send it *without* a newline, print what one `recv(1024)` returns. Every echo server
+/// must work with it, since students will try it.
+pub const LECTURE_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+for msg in sys.stdin.read().splitlines():
+    if not msg:
+        continue
+    c.send(msg.encode("utf-8"))
+    data = c.recv(1024)
+    print(data.decode("utf-8"))
+"#;
+
+/// The lecture's Python client gets its lines back in upper case.
+pub fn lecture_client(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            LECTURE_CLIENT,
+            &server.addr.ip().to_string(),
+            &server.addr.port().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for this check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("hello\n\nwörld, again\n".as_bytes())
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let status = wait_with_deadline(&mut child);
+    let (lock, cond) = &*out;
+    let mut text = lock.lock().unwrap();
+    while !text.ends_with('\u{0}') {
+        text = cond
+            .wait_timeout(text, Duration::from_millis(100))
+            .unwrap()
+            .0;
+    }
+    assert!(status.success(), "the Python client failed: {status:?}");
+    assert_eq!(text.trim_end_matches('\u{0}'), "HELLO\nWöRLD, AGAIN\n");
+}
+
 /// Runs the whole contract against one server configuration, one `#[test]` per check.
 ///
 /// `suite!(name, binary, [extra args], clients = N)` makes a module `name` whose tests include
@@ -708,6 +757,8 @@ macro_rules! suite {
             fn bad_address() { $crate::bad_address(BIN, ARGS) }
             #[test]
             fn help() { $crate::help(BIN) }
+            #[test]
+            fn lecture_client() { $crate::lecture_client(BIN, ARGS) }
             $($more)*
         }
     };
