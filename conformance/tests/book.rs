@@ -1,0 +1,314 @@
+//! The book (`docs/`) against the code it shows and the commands it tells students to type.
+//!
+//! The book never holds a copy of the code: it includes marked regions of the crates with
+//! `{{#include ../../select/src/main.rs:wait}}`. A renamed anchor or a moved file would make
+//! mdBook print a warning and render a hole where the code should be, so these tests fail first.
+//! And every `cargo run -p NAME` in the book must name a crate of this workspace that is more
+//! than a placeholder, so that no chapter sends a class to a server that does not exist yet.
+//!
+//! Run with `cargo test -p conformance --test book`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate's parent directory).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("conformance/ has a parent")
+        .to_path_buf()
+}
+
+/// Every `.md` file under `dir`, recursively, in a stable order.
+fn markdown_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            found.extend(markdown_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "md") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn book_pages() -> Vec<(PathBuf, String)> {
+    let src = workspace().join("docs/src");
+    let pages: Vec<(PathBuf, String)> = markdown_files(&src)
+        .into_iter()
+        .map(|path| {
+            let text = fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (path, text)
+        })
+        .collect();
+    assert!(
+        pages.iter().any(|(p, _)| p.ends_with("SUMMARY.md")),
+        "no docs/src/SUMMARY.md: is the book missing?"
+    );
+    pages
+}
+
+/// One `{{#include ...}}` or `{{#rustdoc_include ...}}`: the page it is on, its line, and the
+/// text between the directive's name and the closing braces (`PATH[:ANCHOR|:LINES]`).
+struct Include {
+    page: PathBuf,
+    line: usize,
+    spec: String,
+}
+
+/// Finds the include directives of a page, as mdBook does: `\{{#include ...}}` is an escaped
+/// directive and is skipped. Directives inside HTML comments still count (mdBook expands them).
+fn includes(page: &Path, text: &str) -> Vec<Include> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let mut rest = line;
+        let mut offset = 0;
+        while let Some(start) = rest.find("{{#") {
+            let escaped = start > 0 && rest.as_bytes()[start - 1] == b'\\';
+            let after = &rest[start + 3..];
+            let Some(end) = after.find("}}") else {
+                break;
+            };
+            let directive = after[..end].trim();
+            let mut words = directive.splitn(2, char::is_whitespace);
+            let name = words.next().unwrap_or("");
+            let spec = words.next().unwrap_or("").trim();
+            if !escaped && (name == "include" || name == "rustdoc_include") {
+                found.push(Include {
+                    page: page.to_path_buf(),
+                    line: index + 1,
+                    spec: spec.to_owned(),
+                });
+            }
+            offset += start + 3 + end + 2;
+            rest = &line[offset..];
+        }
+    }
+    found
+}
+
+/// Does `source` mark `anchor` the way mdBook reads markers (`ANCHOR: name`, any comment
+/// syntax around it, the name matched whole)? Returns (has start, has end).
+fn has_anchor(source: &str, anchor: &str) -> (bool, bool) {
+    let marks = |keyword: &str| {
+        source.lines().any(|line| {
+            line.match_indices(keyword).any(|(at, _)| {
+                // ANCHOR_END: must not count as ANCHOR:, so look at what precedes the keyword.
+                let before = line[..at].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    return false;
+                }
+                let name: String = line[at + keyword.len()..]
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+                    .collect();
+                name == anchor
+            })
+        })
+    };
+    (marks("ANCHOR:"), marks("ANCHOR_END:"))
+}
+
+#[test]
+fn every_include_names_an_existing_file_and_anchor() {
+    let pages = book_pages();
+    let all: Vec<Include> = pages
+        .iter()
+        .flat_map(|(path, text)| includes(path, text))
+        .collect();
+    // A book about code that includes no code means this test's parser is broken.
+    assert!(
+        all.len() >= 10,
+        "only {} include directives found in docs/src",
+        all.len()
+    );
+    let mut problems = Vec::new();
+    for include in &all {
+        let at = format!("{}:{}", include.page.display(), include.line);
+        let mut parts = include.spec.splitn(2, ':');
+        let path = parts.next().unwrap_or("").trim();
+        let selector = parts.next().map(str::trim);
+        let file = include
+            .page
+            .parent()
+            .expect("a page's directory")
+            .join(path);
+        let Ok(source) = fs::read_to_string(&file) else {
+            problems.push(format!("{at}: {} does not exist", file.display()));
+            continue;
+        };
+        match selector {
+            // Whole file, or a line range (`:10`, `:10:20`, `:10:`, `::20`): the file is enough.
+            None | Some("") => {}
+            Some(s) if s.starts_with(|c: char| c.is_ascii_digit() || c == ':') => {}
+            Some(anchor) => {
+                let (start, end) = has_anchor(&source, anchor);
+                if !start {
+                    problems.push(format!("{at}: no `ANCHOR: {anchor}` in {path}"));
+                }
+                if !end {
+                    problems.push(format!("{at}: no `ANCHOR_END: {anchor}` in {path}"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// The workspace's members, from the root Cargo.toml's `members = [...]`.
+fn members() -> Vec<String> {
+    let manifest = fs::read_to_string(workspace().join("Cargo.toml")).expect("root Cargo.toml");
+    let start = manifest.find("members").expect("a members list");
+    let open = start + manifest[start..].find('[').expect("members = [");
+    let close = open + manifest[open..].find(']').expect("members = [...]");
+    manifest[open + 1..close]
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// A crate is real once its main.rs is more than the placeholder `fn main() {}`.
+fn is_real(member: &str) -> bool {
+    let Ok(main) = fs::read_to_string(workspace().join(member).join("src/main.rs")) else {
+        return false;
+    };
+    let code: String = main.chars().filter(|c| !c.is_whitespace()).collect();
+    code != "fnmain(){}" && main.lines().filter(|l| !l.trim().is_empty()).count() > 3
+}
+
+/// Removes `<!-- ... -->` comments: text a reader never sees (drafts waiting for a crate).
+fn without_comments(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("-->") {
+            Some(end) => rest = &rest[start + end + 3..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The package named by each `cargo run ... -p NAME` (or `--package NAME`) in `text`, with its
+/// line number. Options before `-p` (`--release`, `-q`) are skipped; `--` ends the search.
+fn cargo_runs(text: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        for (at, _) in line.match_indices("cargo run") {
+            let mut words = line[at + "cargo run".len()..]
+                .split(|c: char| c.is_whitespace() || "`|;()\"'".contains(c))
+                .filter(|w| !w.is_empty());
+            while let Some(word) = words.next() {
+                if word == "-p" || word == "--package" {
+                    if let Some(name) = words.next() {
+                        found.push((index + 1, name.to_owned()));
+                    }
+                    break;
+                }
+                if let Some(name) = word.strip_prefix("--package=") {
+                    found.push((index + 1, name.to_owned()));
+                    break;
+                }
+                if word == "--" || !word.starts_with('-') {
+                    break;
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_cargo_run_names_a_real_workspace_crate() {
+    let members = members();
+    let mut seen = 0;
+    let mut problems = Vec::new();
+    for (page, text) in book_pages() {
+        for (line, name) in cargo_runs(&without_comments(&text)) {
+            seen += 1;
+            // `cargo run -p NAME`: a placeholder in capitals, as in the contract's synopsis.
+            if name.chars().all(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
+            let at = format!("{}:{line}", page.display());
+            if !members.contains(&name) {
+                problems.push(format!(
+                    "{at}: `cargo run -p {name}`: not a workspace member"
+                ));
+            } else if !is_real(&name) {
+                problems.push(format!(
+                    "{at}: `cargo run -p {name}`: {name}/src/main.rs is still a placeholder"
+                ));
+            }
+        }
+    }
+    assert!(
+        seen >= 10,
+        "only {seen} `cargo run -p` commands found in the book"
+    );
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_chapter_and_picture_exists() {
+    let src = workspace().join("docs/src");
+    let mut problems = Vec::new();
+    for (page, text) in book_pages() {
+        // `](target)` in markdown: chapters in SUMMARY.md, pictures and links in chapters.
+        for (index, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices("](") {
+                let rest = &line[at + 2..];
+                let Some(end) = rest.find(')') else { continue };
+                let target = rest[..end].split('#').next().unwrap_or("");
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let file = page.parent().unwrap_or(&src).join(target);
+                if !file.exists() {
+                    problems.push(format!(
+                        "{}:{}: links to {target}, which does not exist",
+                        page.display(),
+                        index + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_parsers_find_what_they_should() {
+    // The helpers above decide what the other tests check; a parser that finds nothing would
+    // let a broken book pass. Check them on known input.
+    let page = Path::new("docs/src/x.md");
+    let text = "{{#include ../../a.rs:wait}}\n\\{{#include skip.rs}}\n\
+                x {{#rustdoc_include b.rs:10:20}} {{#include c.rs}}\n{{#title T}}";
+    let specs: Vec<String> = includes(page, text).into_iter().map(|i| i.spec).collect();
+    assert_eq!(specs, ["../../a.rs:wait", "b.rs:10:20", "c.rs"]);
+
+    let source = "// ANCHOR: wait_more\n// ANCHOR: wait\nx\n// ANCHOR_END: wait\n";
+    assert_eq!(has_anchor(source, "wait"), (true, true));
+    assert_eq!(has_anchor(source, "wait_more"), (true, false));
+    assert_eq!(has_anchor(source, "wai"), (false, false));
+
+    let runs = cargo_runs(
+        "`cargo run -p select -- -v` and cargo run --release -p bench -- report\n\
+         (cargo run -q --package client); cargo run -- -p nothing; cargo run -p NAME",
+    );
+    let names: Vec<&str> = runs.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["select", "bench", "client", "NAME"]);
+
+    assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
+    assert!(is_real("select") && !is_real("no-such-crate"));
+}
