@@ -37,7 +37,7 @@ pub struct Server {
     child: Child,
     /// The address it announced.
     pub addr: SocketAddr,
-    stderr: Arc<(Mutex<String>, Condvar)>,
+    stderr: Collected,
 }
 
 impl Server {
@@ -131,17 +131,7 @@ impl Server {
     pub fn stop_with(mut self, signal: Signal) -> Stopped {
         kill(self.pid(), signal).expect("kill");
         let status = wait_with_deadline(&mut self.child);
-        // The stderr thread ends at EOF; wait for it to have read everything.
-        let (lock, cond) = &*self.stderr;
-        let mut guard = lock.lock().unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        while !guard.ends_with('\u{0}') && Instant::now() < deadline {
-            guard = cond
-                .wait_timeout(guard, Duration::from_millis(100))
-                .unwrap()
-                .0;
-        }
-        let stderr = guard.trim_end_matches('\u{0}').to_owned();
+        let stderr = text_at_eof(&self.stderr);
         Stopped { status, stderr }
     }
 
@@ -165,14 +155,32 @@ pub struct Stopped {
     pub stderr: String,
 }
 
+impl Stopped {
+    /// The contract's clean stop: exit status 0 and a summary line on stderr.
+    pub fn assert_clean(&self) {
+        let Stopped { status, stderr } = self;
+        assert!(
+            status.success(),
+            "exit status {status:?}; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("summary:"),
+            "no summary on stderr:\n{stderr}"
+        );
+    }
+}
+
 /// Finds `IP:PORT` after `listening on` in a line.
 pub fn parse_announcement(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Text read from a child's pipe so far; a NUL at the end marks EOF.
+type Collected = Arc<(Mutex<String>, Condvar)>;
+
 /// Reads a pipe to the end in a thread; a NUL marks the end.
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<(Mutex<String>, Condvar)> {
+fn collect(mut pipe: impl Read + Send + 'static) -> Collected {
     let shared = Arc::new((Mutex::new(String::new()), Condvar::new()));
     let writer = Arc::clone(&shared);
     thread::spawn(move || {
@@ -191,6 +199,21 @@ fn collect(mut pipe: impl Read + Send + 'static) -> Arc<(Mutex<String>, Condvar)
         }
     });
     shared
+}
+
+/// Waits for a pipe read by [`collect`] to reach its end (the writer has exited), and returns
+/// all it said. Gives up after [`PATIENCE`]: a grandchild may still hold the pipe open.
+fn text_at_eof(collected: &Collected) -> String {
+    let (lock, cond) = &**collected;
+    let deadline = Instant::now() + PATIENCE;
+    let mut text = lock.lock().unwrap();
+    while !text.ends_with('\u{0}') && Instant::now() < deadline {
+        text = cond
+            .wait_timeout(text, Duration::from_millis(100))
+            .unwrap()
+            .0;
+    }
+    text.trim_end_matches('\u{0}').to_owned()
 }
 
 fn wait_with_deadline(child: &mut Child) -> ExitStatus {
@@ -219,17 +242,7 @@ pub fn run_to_exit(bin: &str, args: &[&str]) -> std::process::Output {
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
     let status = wait_with_deadline(&mut child);
-    let text = |c: &Arc<(Mutex<String>, Condvar)>| {
-        let (lock, cond) = &**c;
-        let mut guard = lock.lock().unwrap();
-        while !guard.ends_with('\u{0}') {
-            guard = cond
-                .wait_timeout(guard, Duration::from_millis(100))
-                .unwrap()
-                .0;
-        }
-        guard.trim_end_matches('\u{0}').as_bytes().to_vec()
-    };
+    let text = |c| text_at_eof(c).into_bytes();
     std::process::Output {
         status,
         stdout: text(&out),
@@ -441,17 +454,7 @@ pub fn sigint_prints_summary(bin: &str, args: &[&str]) {
     let mut c = server.connect();
     assert_eq!(round_trip(&mut c, b"one"), b"ONE");
     let stopped = server.interrupt();
-    assert!(
-        stopped.status.success(),
-        "exit status {:?}; stderr:\n{}",
-        stopped.status,
-        stopped.stderr
-    );
-    assert!(
-        stopped.stderr.contains("summary:"),
-        "no summary on stderr:\n{}",
-        stopped.stderr
-    );
+    stopped.assert_clean();
     assert!(
         stopped.stderr.contains("1 connections"),
         "summary miscounts:\n{}",
@@ -462,18 +465,7 @@ pub fn sigint_prints_summary(bin: &str, args: &[&str]) {
 /// SIGTERM stops it the same way.
 pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
     let server = Server::start(bin, args);
-    let stopped = server.stop_with(Signal::SIGTERM);
-    assert!(
-        stopped.status.success(),
-        "exit status {:?}; stderr:\n{}",
-        stopped.status,
-        stopped.stderr
-    );
-    assert!(
-        stopped.stderr.contains("summary:"),
-        "no summary on stderr:\n{}",
-        stopped.stderr
-    );
+    server.stop_with(Signal::SIGTERM).assert_clean();
 }
 
 /// An address already in use ends the server at once with one line that says what to do.
@@ -707,16 +699,8 @@ pub fn lecture_client(bin: &str, args: &[&str]) {
         .unwrap();
     let out = collect(child.stdout.take().unwrap());
     let status = wait_with_deadline(&mut child);
-    let (lock, cond) = &*out;
-    let mut text = lock.lock().unwrap();
-    while !text.ends_with('\u{0}') {
-        text = cond
-            .wait_timeout(text, Duration::from_millis(100))
-            .unwrap()
-            .0;
-    }
     assert!(status.success(), "the Python client failed: {status:?}");
-    assert_eq!(text.trim_end_matches('\u{0}'), "HELLO\nWöRLD, AGAIN\n");
+    assert_eq!(text_at_eof(&out), "HELLO\nWöRLD, AGAIN\n");
 }
 
 /// Runs the whole contract against one server configuration, one `#[test]` per check.
