@@ -17,26 +17,37 @@
 //! markdown tables and SVG plots into `docs/src/measurements/`.
 //!
 //! Run it in release mode: a debug build measures the bench, not the kernel.
+//!
+//! It measures Linux (epoll, eventfd, `/proc`); elsewhere it builds, says so, and stops.
 
+#[cfg(target_os = "linux")]
 mod load;
+#[cfg(target_os = "linux")]
 mod plot;
+#[cfg(target_os = "linux")]
 mod readiness;
+#[cfg(target_os = "linux")]
 mod report;
+#[cfg(target_os = "linux")]
 mod table;
 
+#[cfg(target_os = "linux")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(target_os = "linux")]
 use clap::{Parser, Subcommand};
 
 /// Measures the I/O models: readiness-call cost, and each server under load.
 /// Run it with --release; `bench report` regenerates every figure in the book.
+#[cfg(target_os = "linux")]
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]
     command: Command,
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Subcommand)]
 enum Command {
     /// CPU time of 100,000 select/poll/epoll_wait calls with N descriptors watched and one
@@ -67,6 +78,13 @@ enum Command {
     },
 }
 
+#[cfg(not(target_os = "linux"))]
+fn main() -> ExitCode {
+    eprintln!("bench: it measures Linux (epoll, eventfd and /proc); run it on Linux");
+    ExitCode::FAILURE
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
@@ -87,6 +105,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// Raises this process's soft descriptor limit to its hard limit and returns it: 10,000 idle
 /// connections, or 10,000 watched descriptors, need more than the usual soft limit of 1024.
 fn raise_descriptor_limit() -> anyhow::Result<u64> {
@@ -98,6 +117,7 @@ fn raise_descriptor_limit() -> anyhow::Result<u64> {
     Ok(hard)
 }
 
+#[cfg(target_os = "linux")]
 /// CPU seconds (user + system, all threads) this process has used so far.
 fn own_cpu_seconds() -> f64 {
     use nix::time::{ClockId, clock_gettime};

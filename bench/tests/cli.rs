@@ -1,4 +1,5 @@
 //! The bench binary from outside: its JSON, and one short load run against a real server.
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
