@@ -63,11 +63,22 @@ struct Args {
     /// the message; the error goes through the same reporting code as a real one.
     #[arg(long, hide = true)]
     simulate_no_uring: bool,
+
+    /// uring: behave as on a kernel before 5.19 (one accept per connection, one cancel per
+    /// operation), to test those paths on any machine.
+    #[arg(long, hide = true)]
+    simulate_old_kernel: bool,
+
+    /// uring: submission ring entries (the completion ring has 8 times as many); a small ring
+    /// tests what happens when both fill.
+    #[arg(long, hide = true, default_value_t = 4096)]
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=4096))]
+    ring_entries: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
-    /// io_uring (Linux 5.19 or later for everything used here).
+    /// io_uring (Linux 5.6 or later; from 5.19, one accept serves every connection).
     Uring,
     /// POSIX AIO as glibc implements it: helper threads.
     Posix,

@@ -1,32 +1,31 @@
 //! POSIX AIO: `aio_read` and `aio_write` hand an operation over and return at once, and
 //! `aio_suspend` sleeps until one has completed. The interface is asynchronous; glibc's
-//! implementation is not in the kernel at all. It keeps a pool of helper threads (20 at most
-//! unless told otherwise), each of which takes a request and makes the ordinary blocking call
-//! on our blocking socket (`pread`, which a socket refuses with ESPIPE, then `read`: strace
-//! shows both), running the requests for one descriptor in order. So every client waiting to
-//! send us something keeps one helper blocked in `read`: watch the thread count follow them.
+//! implementation is not in the kernel at all. It keeps a pool of helper threads, each of which
+//! takes a request and makes the ordinary blocking call on our blocking socket (`pread`, which a
+//! socket refuses with ESPIPE, then `read`: strace shows both). So every client waiting to send
+//! us something keeps one helper blocked in `read`: watch the thread count follow them.
 //!
-//! Design for that: one operation outstanding per client (read, then write the reply, then
-//! read again: never a write queued behind a read that may wait for ever), a client admitted
-//! only while a helper is free for it (`--threads`), and glibc told to allow that many helpers.
+//! Design for that: one request outstanding per client (read, then write the reply, then read
+//! again: never a write queued behind a read that may wait for ever), a client admitted only
+//! while a helper is free for it (`--threads`), and glibc told to allow that many helpers.
 //!
-//! Ctrl-C: aio_suspend takes no signal mask, so it cannot wait race-free for a signal the way
-//! pselect does, and a timeout (wake every second, check the flag) would trade the race for a
-//! delay. Instead a thread waits for the signal and turns it into an AIO completion: it writes
-//! a byte to a pipe on which the loop always has an aio_read outstanding. The accept thread
-//! wakes the loop the same way, since aio_suspend cannot wait for a listener either.
+//! aio_suspend can wait neither for a listener nor, race-free, for a signal (it takes no mask).
+//! So an accept thread and a signal thread turn both into AIO completions: they write a byte to
+//! a pipe on which the loop always has an aio_read outstanding.
 
 use std::fs::File;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
 use anyhow::Context;
 use nix::errno::Errno;
-use nix::sys::aio::{Aio, AioCancelStat, AioRead, AioWrite, aio_suspend};
+use nix::sys::aio::{Aio, AioRead, AioWrite, aio_suspend};
 use nix::sys::signal::{SigSet, SigevNotify};
 use support::{Counter, STATS, trace};
 
@@ -38,8 +37,7 @@ static AIO_WRITES: Counter = Counter::new();
 /// Connections refused because every helper thread may be taken.
 static REFUSED: Counter = Counter::new();
 
-/// glibc's `struct aioinit` (`<aio.h>`, a GNU extension). The libc crate does not bind it or
-/// `aio_init`, so they are declared here, field for field.
+/// glibc's `struct aioinit` (`<aio.h>`, a GNU extension), which the libc crate does not bind.
 #[repr(C)]
 #[derive(Default)]
 struct AioInit {
@@ -60,22 +58,25 @@ unsafe extern "C" {
     fn aio_init(init: *const AioInit);
 }
 
-/// A client's one operation in flight. `'static` is a promise kept by hand: see `Client::start`.
-enum Op {
-    Read(Pin<Box<AioRead<'static>>>),
-    Write(Pin<Box<AioWrite<'static>>>),
-}
+/// What the loop needs of nix's `AioRead` and `AioWrite` alike.
+trait Request: Aio<Output = usize> + AsRef<libc::aiocb> {}
+impl<T: Aio<Output = usize> + AsRef<libc::aiocb>> Request for T {}
+
+/// A submitted request. Its control block is on the heap, where glibc's pointer to it stays
+/// valid however the `Op` moves.
+struct Op<'a>(Pin<Box<dyn Request + 'a>>);
 
 // ANCHOR: client
 struct Client {
-    /// The operation in flight, if any; none means the client is finished. Declared first so
-    /// that it is dropped before the socket and buffer it points into.
-    op: Option<Op>,
+    /// The request in flight; none means the client is finished. Declared first, so that it is
+    /// dropped before the socket and buffer it points into.
+    op: Option<Op<'static>>,
+    reading: bool,
     stream: TcpStream,
     peer: SocketAddr,
-    /// Read into, upper-cased in place, written back from: one buffer, one operation at a time.
-    buf: Box<[u8]>,
+    /// Read into, upper-cased in place, written back from: one buffer, one request at a time.
     /// The reply is `buf[..len]`, of which `sent` bytes have gone.
+    buf: Vec<u8>,
     len: usize,
     sent: usize,
 }
@@ -98,39 +99,26 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // Blocks SIGINT/SIGTERM here, before any thread starts, so every thread inherits that.
     let wait_mask = support::catch_signals()?;
     support::announce(&listener)?;
-
-    // aio_suspend can wait only for AIO requests: no listener, no signal. So both become one:
-    // an aio_read on a pipe, which the accept thread and the signal thread write a byte to.
     let (wake_rx, wake_tx) = nix::unistd::pipe().context("pipe")?;
     let wake_tx = File::from(wake_tx);
     let (to_loop, accepted) = sync_channel(64);
     let acceptor = spawn_acceptor(listener.try_clone()?, to_loop, wake_tx.try_clone()?)?;
     spawn_signal_waiter(wait_mask, wake_tx.try_clone()?)?;
     let mut wake_buf = [0u8; 64];
-    let mut wake = Box::pin(AioRead::new(
-        wake_rx.as_fd(),
-        0,
-        &mut wake_buf,
-        0,
-        SigevNotify::SigevNone,
-    ));
-    wake.as_mut()
-        .submit()
-        .context("aio_read on the wake-up pipe")?;
+    let read_wake = AioRead::new(wake_rx.as_fd(), 0, &mut wake_buf, 0, SigevNotify::SigevNone);
+    let mut wake = Op::submit(Box::pin(read_wake)).context("aio_read on the wake-up pipe")?;
     let mut clients: Vec<Client> = Vec::new();
     let mut peak_threads = thread_count();
-    // An error inside the loop must still reach the shutdown below, which ends every
-    // operation in flight before anything is freed: it is kept here, and returned after.
+    // An error inside the loop must still reach the shutdown below, which ends every request
+    // in flight before anything is freed: it is kept here, and returned after.
     let mut failure: Option<anyhow::Error> = None;
     // ANCHOR_END: setup
 
     while !support::stop_requested() && failure.is_none() {
         // ANCHOR: wait
-        // Phase 1: wait in aio_suspend until at least one operation has completed: the
+        // Phase 1: wait in aio_suspend until at least one request has completed: the
         // wake-up pipe's read, or any client's read or write.
-        let mut list: Vec<&dyn AsRef<libc::aiocb>> = vec![&*wake];
-        list.extend(clients.iter().filter_map(|c| c.op.as_ref()).map(Op::aiocb));
-        match aio_suspend(&list, None) {
+        match aio_suspend(&in_flight(&wake, &clients), None) {
             Ok(()) => {}
             Err(Errno::EINTR | Errno::EAGAIN) => continue,
             Err(e) => {
@@ -144,19 +132,19 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
 
         // Phase 2: accept. The pipe's read completed: new connections wait in the channel
         // (or we are asked to stop, which the loop condition sees). Read the pipe again.
-        if let Some(result) = reap(&mut wake) {
+        if let Some(result) = wake.reap() {
             handle_new_connection(&accepted, &mut clients, args.threads as usize);
-            if let Err(e) = result.and_then(|_| wake.as_mut().submit()) {
+            if let Err(e) = result.and_then(|_| wake.0.as_mut().submit()) {
                 failure = Some(anyhow::Error::new(e).context("aio_read on the wake-up pipe"));
             }
         }
 
-        // Phase 3: read and write: collect each finished operation, start the client's next.
+        // Phase 3: read and write: collect each finished request, start the client's next.
         for client in &mut clients {
             handle_client_data(client);
         }
 
-        // Phase 4: close: a client with no operation in flight is finished.
+        // Phase 4: close: a client with no request in flight is finished.
         clients.retain(|client| {
             if client.op.is_none() {
                 trace!("{}: closed ({} threads)", client.peer, thread_count());
@@ -166,33 +154,20 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     }
 
     // ANCHOR: shutdown
-    // Stop. No AioCb may be freed while glibc still uses it (nix panics rather than allow it),
-    // so every operation is ended and collected first. aio_cancel removes a request that is
-    // still queued; one that a helper is already running (blocked in read(2) on an idle
-    // client) it cannot stop: glibc answers AIO_NOTCANCELED. Shutting the socket down ends
-    // that read with EOF, or a blocked write with EPIPE. A byte ends the pipe's read.
+    // Stop. No request may be freed while glibc runs it, so each is ended and collected first.
+    // aio_cancel cannot end one a helper has started (glibc answers AIO_NOTCANCELED), and every
+    // idle client's read has started; shutting the socket down ends it with EOF, or a blocked
+    // write with EPIPE. Shutting the listener down ends the accept thread's accept (EINVAL),
+    // and a byte ends the pipe's read.
     let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Read);
-    for client in &mut clients {
-        if let Some(Ok(AioCancelStat::AioNotCanceled)) = client.op.as_mut().map(Op::cancel) {
-            let _ = client.stream.shutdown(Shutdown::Both);
-        }
+    for client in &clients {
+        let _ = client.stream.shutdown(Shutdown::Both);
     }
     let _ = (&wake_tx).write(b"!");
-    loop {
-        let mut list: Vec<&dyn AsRef<libc::aiocb>> = Vec::new();
-        if wake.in_progress() {
-            list.push(&*wake);
-        }
-        list.extend(clients.iter().filter_map(|c| c.op.as_ref()).map(Op::aiocb));
-        if list.is_empty() {
-            break;
-        }
-        let _ = aio_suspend(&list, None);
-        let _ = reap(&mut wake);
-        for client in &mut clients {
-            let _ = client.op.as_mut().and_then(Op::reap);
-            client.op = client.op.take().filter(|op| op.in_progress());
-        }
+    while wake.0.in_progress() || !clients.is_empty() {
+        let _ = aio_suspend(&in_flight(&wake, &clients), None);
+        let _ = wake.reap();
+        clients.retain_mut(|client| client.op.as_mut().is_some_and(|op| op.reap().is_none()));
     }
     drop(accepted); // so that an acceptor blocked in send() gives up too
     let _ = acceptor.join();
@@ -204,6 +179,13 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         ("refused with every helper taken", REFUSED.get()),
     ]);
     failure.map_or(Ok(()), Err)
+}
+
+/// The control blocks of every request in flight, for aio_suspend.
+fn in_flight<'a>(wake: &'a Op, clients: &'a [Client]) -> Vec<&'a dyn AsRef<libc::aiocb>> {
+    let ops = std::iter::once(wake).chain(clients.iter().filter_map(|c| c.op.as_ref()));
+    let ops = ops.filter(|op| op.0.in_progress());
+    ops.map(|op| &*op.0 as &dyn AsRef<libc::aiocb>).collect()
 }
 
 // ANCHOR: handle_new_connection
@@ -224,34 +206,33 @@ fn handle_new_connection(
             continue;
         }
         STATS.connections.add(1);
+        let (op, reading, buf) = (None, true, vec![0u8; BUF_SIZE]);
         let mut client = Client {
-            op: None,
+            op,
+            reading,
             stream,
             peer,
-            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            buf,
             len: 0,
             sent: 0,
         };
         client.start(true);
-        trace!(
-            "{peer}: connected ({} clients, {} threads)",
-            clients.len() + 1,
-            thread_count()
-        );
+        let (n, threads) = (clients.len() + 1, thread_count());
+        trace!("{peer}: connected ({n} clients, {threads} threads)");
         clients.push(client);
     }
 }
 // ANCHOR_END: handle_new_connection
 
 // ANCHOR: handle_client_data
-/// If the client's operation has completed, acts on its result and starts the next one.
+/// If the client's request has completed, acts on its result and starts the next one.
 fn handle_client_data(client: &mut Client) {
     let Some(result) = client.op.as_mut().and_then(Op::reap) else {
         return; // still in flight
     };
-    let was_read = matches!(client.op.take(), Some(Op::Read(_)));
-    match (was_read, result) {
-        // EOF. The reply to everything before it has been sent: finished (no new operation).
+    client.op = None;
+    match (client.reading, result) {
+        // EOF. The reply to everything before it has been sent: finished (no new request).
         (true, Ok(0)) => {}
         (true, Ok(n)) => {
             STATS.bytes_in.add(n as u64);
@@ -271,68 +252,57 @@ fn handle_client_data(client: &mut Client) {
 // ANCHOR_END: handle_client_data
 
 impl Client {
-    /// Submits the client's next operation: a read into `buf`, or a write of the rest of the
+    /// Submits the client's next request: a read into `buf`, or a write of the rest of the
     /// reply. If glibc refuses it, the client is left with none, and so is closed.
     fn start(&mut self, read: bool) {
-        // SAFETY: AioRead and AioWrite borrow the socket and the buffer for as long as they
-        // exist, and all three live in this Client, which Rust's lifetimes cannot express; so
-        // the borrow is made by hand. It holds because `op` is dropped before `stream` and
-        // `buf`, and only once glibc is done with it (collected, or cancelled and waited for):
-        // nix asserts that, panicking rather than free an operation still in flight.
+        // SAFETY: a request borrows the socket and the buffer, which live beside it in this
+        // Client: a borrow Rust's lifetimes cannot express, so it is made by hand, as 'static.
+        // It holds because `op` is dropped before `stream` and `buf`, and only once glibc has
+        // finished with it (`Op`'s Drop makes sure); and no code touches `buf` while it exists.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
         let buf = unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr(), BUF_SIZE) };
-        let submitted = if read {
+        let sigev = SigevNotify::SigevNone;
+        let request: Pin<Box<dyn Request>> = if read {
             AIO_READS.add(1);
-            let mut op = Box::pin(AioRead::new(fd, 0, buf, 0, SigevNotify::SigevNone));
-            op.as_mut().submit().map(|()| Op::Read(op))
+            Box::pin(AioRead::new(fd, 0, buf, 0, sigev))
         } else {
             AIO_WRITES.add(1);
-            let rest = &buf[self.sent..self.len];
-            let mut op = Box::pin(AioWrite::new(fd, 0, rest, 0, SigevNotify::SigevNone));
-            op.as_mut().submit().map(|()| Op::Write(op))
+            Box::pin(AioWrite::new(fd, 0, &buf[self.sent..self.len], 0, sigev))
         };
-        match submitted {
+        self.reading = read;
+        match Op::submit(request) {
             Ok(op) => self.op = Some(op),
             Err(e) => trace!("{}: aio submit: {e}; closing", self.peer),
         }
     }
 }
 
-impl Op {
-    fn aiocb(&self) -> &dyn AsRef<libc::aiocb> {
-        match self {
-            Op::Read(op) => &**op,
-            Op::Write(op) => &**op,
-        }
+impl<'a> Op<'a> {
+    fn submit(mut request: Pin<Box<dyn Request + 'a>>) -> nix::Result<Op<'a>> {
+        request.as_mut().submit()?;
+        Ok(Op(request))
     }
+
+    /// The result of a finished request, collected with aio_return; None while it runs.
     fn reap(&mut self) -> Option<nix::Result<usize>> {
-        match self {
-            Op::Read(op) => reap(op),
-            Op::Write(op) => reap(op),
+        if !self.0.in_progress() {
+            return None;
         }
-    }
-    fn cancel(&mut self) -> nix::Result<AioCancelStat> {
-        match self {
-            Op::Read(op) => op.as_mut().cancel(),
-            Op::Write(op) => op.as_mut().cancel(),
-        }
-    }
-    fn in_progress(&self) -> bool {
-        match self {
-            Op::Read(op) => op.in_progress(),
-            Op::Write(op) => op.in_progress(),
+        match self.0.as_mut().error() {
+            Err(Errno::EINPROGRESS) => None,
+            _ => Some(self.0.as_mut().aio_return()),
         }
     }
 }
 
-/// The result of a finished operation, collected with aio_return; None while it runs.
-fn reap<T: Aio<Output = usize>>(op: &mut Pin<Box<T>>) -> Option<nix::Result<usize>> {
-    if !op.in_progress() {
-        return None;
-    }
-    match op.as_mut().error() {
-        Err(Errno::EINPROGRESS) => None,
-        _ => Some(op.as_mut().aio_return()),
+impl Drop for Op<'_> {
+    /// Freeing a request that glibc still runs, and so the socket and buffer it uses, would let
+    /// glibc write into freed memory; nix only asserts, and not while a panic unwinds. Only a
+    /// bug or a panic can get here: end the process instead.
+    fn drop(&mut self) {
+        if self.0.in_progress() {
+            std::process::abort();
+        }
     }
 }
 
@@ -344,9 +314,31 @@ fn spawn_acceptor(
     wake: File,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
     let run = move || {
-        let mut spare = support::reserve_descriptor();
+        let mut spare = None;
         loop {
-            match listener.accept() {
+            // (Re)take the spare first: a free descriptor goes to it before any client.
+            spare = spare.or_else(support::reserve_descriptor);
+            let accepted = match listener.accept() {
+                // Out of descriptors: accept fails before it even looks for a connection. Give
+                // back the spare and accept into its slot (this may wait for the next client).
+                // If a descriptor is free beside the spare, clients have left since: serve it.
+                // If not, close it unserved, and take the spare back.
+                Err(e) if support::out_of_descriptors(&e) => {
+                    drop(spare.take());
+                    let accepted = listener.accept();
+                    spare = support::reserve_descriptor();
+                    match accepted {
+                        Ok((stream, peer)) if spare.is_none() => {
+                            drop(stream);
+                            eprintln!("accept: {e}; closing {peer} unserved");
+                            continue;
+                        }
+                        other => other,
+                    }
+                }
+                other => other,
+            };
+            match accepted {
                 Ok(conn) => {
                     if to_loop.send(conn).is_err() {
                         return;
@@ -356,14 +348,6 @@ fn spawn_acceptor(
                 Err(e) if support::interrupted(&e) => {}
                 // The listener was shut down: we are stopping.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
-                // Out of descriptors: the spare-descriptor remedy (see select's accept).
-                Err(e) if support::out_of_descriptors(&e) => {
-                    drop(spare.take());
-                    if let Ok((_stream, peer)) = listener.accept() {
-                        eprintln!("accept: {e}; closing {peer} unserved");
-                    }
-                    spare = support::reserve_descriptor();
-                }
                 Err(e) => trace!("accept: {e}"),
             }
         }
@@ -392,9 +376,20 @@ fn spawn_signal_waiter(wait_mask: SigSet, wake: File) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Threads in this process, from /proc/self/status.
+/// Threads in this process, from /proc/self/status. The file is opened once, at set-up, and
+/// read again from its start: opening it in the loop could take the descriptor that the accept
+/// thread has just freed for its out-of-descriptors remedy.
 fn thread_count() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = status.lines().find_map(|l| l.strip_prefix("Threads:"));
-    line.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    static STATUS: OnceLock<Option<File>> = OnceLock::new();
+    let mut buf = [0u8; 4096];
+    let status = STATUS.get_or_init(|| File::open("/proc/self/status").ok());
+    let n = status
+        .as_ref()
+        .and_then(|f| f.read_at(&mut buf, 0).ok())
+        .unwrap_or(0);
+    let line = buf[..n]
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Threads:"));
+    line.and_then(|n| std::str::from_utf8(n).ok()?.trim().parse().ok())
+        .unwrap_or(0)
 }

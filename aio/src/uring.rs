@@ -14,27 +14,24 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue};
+use nix::sys::socket::{SockaddrStorage, getpeername};
 use support::{Counter, STATS, trace};
 
 /// Bytes received per `Recv`. Each connection owns one buffer of this size for its whole life
 /// (40 MiB at 10,000 clients); io_uring's provided-buffer rings are the remedy, not shown here.
 const BUF_SIZE: usize = 4096;
-/// Submission ring: how many operations can be queued before one `io_uring_enter`.
-const SQ_ENTRIES: u32 = 4096;
-/// Completion ring: more than one completion per connection at 10,000 clients. If it fills,
-/// the kernel keeps the surplus (IORING_FEAT_NODROP) until the next `io_uring_enter`.
-const CQ_ENTRIES: u32 = 32768;
 
 /// Operations handed to the kernel, completions it returned, and the system calls that took.
 static SUBMISSIONS: Counter = Counter::new();
 static COMPLETIONS: Counter = Counter::new();
 static ENTERS: Counter = Counter::new();
 
-/// One client: its socket, its name for messages, and the buffer the kernel reads into.
+/// One client. `buf` is a Vec, not a Box: moving a Box claims its memory is reachable through
+/// no other pointer, and the kernel holds one while an operation is in flight.
 struct Conn {
     fd: OwnedFd,
     peer: String,
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
 }
 
 /// One operation in flight, holding whatever its completion needs.
@@ -42,17 +39,18 @@ enum Op {
     /// Accept on the listener. Multishot: one submission, one completion per connection, until
     /// a completion without the MORE flag says it has stopped.
     Accept,
-    /// Out of descriptors: accept one waiting connection only to close it (see
-    /// `handle_new_connection`).
-    Refuse,
-    /// Receiving into the connection's buffer.
+    /// Out of descriptors (the error): one accept into the spare descriptor's slot.
+    Refuse(io::Error),
     Recv(Conn),
     /// Sending `buf[sent..len]`; a short send is resubmitted for the rest.
-    Send { conn: Conn, len: usize, sent: usize },
-    /// Closing a connection's descriptor.
+    Send {
+        conn: Conn,
+        len: usize,
+        sent: usize,
+    },
     Close(String),
-    /// Cancelling, on stop: every other operation (`all`), or the one named by its key.
-    Cancel { all: bool },
+    /// Cancelling, on stop: every operation at once, or (before 5.19) one.
+    Cancel,
 }
 
 struct Server {
@@ -61,8 +59,9 @@ struct Server {
     /// Operations in flight, indexed by `user_data`; `free` lists the empty slots.
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
-    in_flight: usize,
-    /// Does this kernel have multishot accept (5.19)? Learnt from the first completion.
+    /// Completions taken off the ring and not yet handled (phase 2).
+    completions: Vec<cqueue::Entry>,
+    /// Multishot accept and cancel-any (both Linux 5.19)? Learnt from the first accept.
     multishot: bool,
     spare: Option<File>,
     clients: usize,
@@ -73,24 +72,22 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // ANCHOR: setup
     // Set-up: the ring first, so that a kernel without io_uring fails before we announce
     // anything. The listener stays blocking: the process never calls accept itself.
-    let ring = new_ring(args.simulate_no_uring)?;
+    let ring = new_ring(args)?;
     let listener = support::listen(args.common.addr)?;
-    let wait_mask = support::catch_signals()?;
-    let kernel_mask = kernel_sigset(&wait_mask);
+    let kernel_mask = kernel_sigset(&support::catch_signals()?);
     support::announce(&listener)?;
     let mut server = Server {
         ring,
         listener,
         ops: Vec::new(),
         free: Vec::new(),
-        in_flight: 0,
-        multishot: true,
+        completions: Vec::new(),
+        multishot: !args.simulate_old_kernel,
         spare: support::reserve_descriptor(),
         clients: 0,
         stopping: false,
     };
     server.arm_accept();
-    let mut completions: Vec<cqueue::Entry> = Vec::new();
     // ANCHOR_END: setup
 
     while !support::stop_requested() {
@@ -100,15 +97,15 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // Ctrl-C interrupt this wait and only this wait (EINTR), as pselect's does.
         ENTERS.add(1);
         let queued = server.ring.submission().len() as u32;
+        let want = u32::from(server.completions.is_empty());
         let getevents = EnterFlags::GETEVENTS.bits();
         // SAFETY: every queued entry points into memory its `Op` owns (see `submit`), and
         // the mask is the kernel's sigset_t, passed with its own size.
-        match unsafe {
-            server
-                .ring
-                .submitter()
-                .enter(queued, 1, getevents, Some(&kernel_mask))
-        } {
+        let entered = unsafe {
+            let submitter = server.ring.submitter();
+            submitter.enter(queued, want, getevents, Some(&kernel_mask))
+        };
+        match entered {
             Ok(_) => {}
             Err(e) if support::interrupted(&e) => continue, // the loop condition decides
             // The completion ring is full and the kernel holds more: drain it first.
@@ -116,44 +113,44 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("io_uring_enter"),
         }
         STATS.wakeups.add(1);
-        completions.extend(server.ring.completion());
+        server.completions.extend(server.ring.completion());
         trace!(
             "io_uring_enter: {} completions, {} operations in flight",
-            completions.len(),
-            server.in_flight
+            server.completions.len(),
+            server.in_flight()
         );
         // ANCHOR_END: wait
 
         // Phase 2: accept, read and write all arrive here the same way, as completions, in
         // the order the kernel finished them; each may queue the connection's next operation.
-        for cqe in completions.drain(..) {
+        for cqe in std::mem::take(&mut server.completions) {
             server.complete(cqe);
         }
     }
     server.shutdown()?;
+    let (ops, calls) = (SUBMISSIONS.get(), ENTERS.get());
+    let completions = COMPLETIONS.get();
     support::summary(&[
-        ("submissions", SUBMISSIONS.get()),
-        ("completions", COMPLETIONS.get()),
-        ("io_uring_enter calls", ENTERS.get()),
+        ("submissions", ops),
+        ("completions", completions),
+        ("io_uring_enter calls", calls),
     ]);
-    let per_call = SUBMISSIONS.get() as f64 / ENTERS.get().max(1) as f64;
+    let (program, per_call) = (support::program(), ops as f64 / calls.max(1) as f64);
     eprintln!(
-        "{}: {} operations in {} system calls: {per_call:.1} per io_uring_enter",
-        support::program(),
-        SUBMISSIONS.get(),
-        ENTERS.get()
+        "{program}: {ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter"
     );
     Ok(())
 }
 
-/// Creates the ring, or explains in one line why this kernel will not give us one.
-fn new_ring(simulate_no_uring: bool) -> anyhow::Result<IoUring> {
-    let ring = if simulate_no_uring {
+/// Creates the ring, or explains in one line why this kernel will not give us one. The
+/// completion ring is 8 times the submission ring: more than one entry per connection at
+/// 10,000 clients. Should it fill, the kernel keeps the rest (IORING_FEAT_NODROP).
+fn new_ring(args: &crate::Args) -> anyhow::Result<IoUring> {
+    let ring = if args.simulate_no_uring {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     } else {
-        IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .build(SQ_ENTRIES)
+        let entries = args.ring_entries;
+        IoUring::builder().setup_cqsize(8 * entries).build(entries)
     };
     ring.map_err(|err| {
         let why = match err.raw_os_error() {
@@ -168,12 +165,21 @@ fn new_ring(simulate_no_uring: bool) -> anyhow::Result<IoUring> {
 }
 
 /// The signal mask as the kernel's own sigset_t: its first 8 bytes, one bit per signal 1-64.
-/// (glibc's sigset_t is 128 bytes, and io-uring 0.7's `SubmitArgs::sigmask` passes that size,
-/// which the kernel rejects with EINVAL; so the wait passes this one, with its real size.)
+/// (glibc's is 128 bytes, and io-uring 0.7's `SubmitArgs::sigmask` passes that size, which the
+/// kernel rejects with EINVAL; so the wait passes this one, with its real size.)
 fn kernel_sigset(mask: &nix::sys::signal::SigSet) -> [u8; 8] {
     let glibc: &libc::sigset_t = mask.as_ref();
     // SAFETY: glibc's sigset_t is 128 bytes; we read the first 8.
     unsafe { *(glibc as *const libc::sigset_t).cast::<[u8; 8]>() }
+}
+
+/// The descriptor a completed accept returned, now ours, or its error.
+fn accepted(result: i32) -> io::Result<OwnedFd> {
+    if result < 0 {
+        return Err(io::Error::from_raw_os_error(-result));
+    }
+    // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(result) })
 }
 
 impl Server {
@@ -181,34 +187,27 @@ impl Server {
     /// Queues one operation. The entry points into buffers and descriptors that `op` owns, and
     /// `op` stays in `ops` until the operation's final completion: that is what keeps it safe.
     fn submit(&mut self, op: Op, entry: squeue::Entry) {
-        let key = match self.free.pop() {
-            Some(key) => key,
-            None => {
-                self.ops.push(None);
-                self.ops.len() - 1
-            }
-        };
+        let key = self.free.pop().unwrap_or_else(|| {
+            self.ops.push(None);
+            self.ops.len() - 1
+        });
         self.ops[key] = Some(op);
-        self.in_flight += 1;
+        SUBMISSIONS.add(1);
         let entry = entry.user_data(key as u64);
-        loop {
-            // SAFETY: see above; the memory the entry names outlives the operation.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                SUBMISSIONS.add(1);
-                return;
-            }
-            // The submission ring is full: hand what it holds to the kernel to make room.
+        // SAFETY: see above; the memory the entry names outlives the operation.
+        while unsafe { self.ring.submission().push(&entry) }.is_err() {
+            // The submission ring is full: hand what it holds to the kernel to make room. If
+            // the completion ring is full too (EBUSY), take its entries out for phase 2 first.
             ENTERS.add(1);
             match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if support::interrupted(&e) => {}
-                Err(e) => {
-                    // The kernel never saw this entry, so dropping the operation (and closing
-                    // its connection) here is safe.
-                    trace!("io_uring_enter: {e}; dropping an operation");
-                    self.take(key);
-                    return;
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    self.completions.extend(self.ring.completion());
                 }
+                // EINTR, or EAGAIN (no memory for the requests just now): try again.
+                Err(e) if support::interrupted(&e) || e.kind() == io::ErrorKind::WouldBlock => {}
+                // Only a broken ring gets here. `Drop` keeps the buffers the kernel holds.
+                Err(e) => panic!("io_uring_enter: {e}"),
+                Ok(_) => {}
             }
         }
     }
@@ -218,18 +217,20 @@ impl Server {
     fn take(&mut self, key: usize) -> Option<Op> {
         let op = self.ops.get_mut(key)?.take()?;
         self.free.push(key);
-        self.in_flight -= 1;
         Some(op)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.ops.len() - self.free.len()
     }
 
     fn arm_accept(&mut self) {
         let fd = Fd(self.listener.as_raw_fd());
-        let entry = if self.multishot {
-            opcode::AcceptMulti::new(fd)
+        let entry = match self.multishot {
+            true => opcode::AcceptMulti::new(fd)
                 .flags(libc::SOCK_CLOEXEC)
-                .build()
-        } else {
-            accept_once(fd)
+                .build(),
+            false => accept_once(fd),
         };
         self.submit(Op::Accept, entry);
     }
@@ -238,7 +239,7 @@ impl Server {
         let entry = opcode::Recv::new(
             Fd(conn.fd.as_raw_fd()),
             conn.buf.as_mut_ptr(),
-            BUF_SIZE as u32,
+            BUF_SIZE as _,
         );
         self.submit(Op::Recv(conn), entry.build());
     }
@@ -265,81 +266,73 @@ impl Server {
         let (key, result) = (cqe.user_data() as usize, cqe.result());
         // Only a multishot accept has more completions to come: it stays in its slot.
         if cqueue::more(cqe.flags()) {
-            self.handle_new_connection(result);
-            return;
+            return self.handle_new_connection(accepted(result));
         }
         let Some(op) = self.take(key) else { return };
-        if self.stopping {
-            // Shutting down: each operation ends here; dropping it closes its connection.
-            match op {
-                Op::Accept | Op::Refuse => _ = self.handle_new_connection(result),
-                Op::Cancel { all } => self.handle_cancel(all, result),
-                _ => {}
-            }
-            return;
-        }
         match op {
+            Op::Cancel => {}
+            // Shutting down: each operation ends here, and dropping it closes its connection.
+            Op::Accept | Op::Refuse(_) if self.stopping => drop(accepted(result)),
+            _ if self.stopping => {}
             Op::Accept => {
-                // A multishot accept stopped (an error, or a kernel without it); re-arm.
-                if result == -libc::EINVAL && self.multishot {
-                    trace!("no multishot accept on this kernel: one accept per connection");
-                    self.multishot = false;
-                } else if !self.handle_new_connection(result) {
-                    return; // out of descriptors: `Refuse` re-arms when it completes
+                match accepted(result) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot => {
+                        trace!("no multishot accept on this kernel: one accept per connection");
+                        self.multishot = false;
+                    }
+                    // The connection stays queued, and accepting again would fail again at
+                    // once, for ever. Give back the spare descriptor and accept into its slot.
+                    Err(e) if support::out_of_descriptors(&e) => {
+                        drop(self.spare.take());
+                        let entry = accept_once(Fd(self.listener.as_raw_fd()));
+                        return self.submit(Op::Refuse(e), entry);
+                    }
+                    other => self.handle_new_connection(other),
                 }
                 self.arm_accept();
             }
-            Op::Refuse => {
-                if result >= 0 {
-                    // SAFETY: a successful accept returns a new descriptor that nothing owns.
-                    drop(unsafe { OwnedFd::from_raw_fd(result) });
-                    eprintln!("accept: out of descriptors; closed a connection unserved");
-                }
+            Op::Refuse(why) => {
+                // accept fails before it looks for a connection, so this one may have waited
+                // for the next. If a descriptor is free beside the spare, clients have left
+                // since: serve it. If not, close it unserved and take the spare back.
                 self.spare = support::reserve_descriptor();
+                match accepted(result) {
+                    Ok(fd) if self.spare.is_none() => {
+                        drop(fd);
+                        eprintln!("accept: {why}; closing a connection unserved");
+                        self.spare = support::reserve_descriptor();
+                    }
+                    other => self.handle_new_connection(other),
+                }
                 self.arm_accept();
             }
             Op::Recv(conn) => self.handle_client_data(conn, result),
             Op::Send { conn, len, sent } => self.flush(conn, len, sent, result),
             Op::Close(peer) => trace!("{peer}: closed ({} clients)", self.clients),
-            Op::Cancel { all } => self.handle_cancel(all, result),
         }
     }
     // ANCHOR_END: complete
 
     // ANCHOR: handle_new_connection
-    /// A completed accept. Returns false when out of descriptors, after queuing the remedy.
-    fn handle_new_connection(&mut self, result: i32) -> bool {
-        if result >= 0 {
-            // SAFETY: a successful accept returns a new descriptor that nothing owns yet.
-            let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            if self.stopping {
-                return true; // dropping it closes it
-            }
-            STATS.connections.add(1);
-            self.clients += 1;
-            // Multishot accept reports no address; ask for one only when tracing.
-            let peer = match support::verbosity() {
-                0 => String::new(),
-                _ => nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(result)
-                    .map_or_else(|e| format!("fd {result} ({e})"), |a| a.to_string()),
-            };
-            trace!("{peer}: connected ({} clients)", self.clients);
-            let buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-            self.recv(Conn { fd, peer, buf });
-            return true;
-        }
-        let err = io::Error::from_raw_os_error(-result);
-        if support::out_of_descriptors(&err) && !self.stopping {
-            // The connection stays queued. Give back the spare descriptor and accept it into
-            // that slot, only to close it (`Op::Refuse`), rather than fail again at once.
-            drop(self.spare.take());
-            let entry = accept_once(Fd(self.listener.as_raw_fd()));
-            self.submit(Op::Refuse, entry);
-            return false;
-        }
-        // ECANCELED on stop; ECONNABORTED when a client gave up before it was accepted.
-        trace!("accept: {err}");
-        true
+    /// A completed accept: a connection to serve, or why there is none.
+    fn handle_new_connection(&mut self, accepted: io::Result<OwnedFd>) {
+        let fd = match accepted {
+            Ok(_) if self.stopping => return, // dropping it closes it
+            Ok(fd) => fd,
+            // ECANCELED on stop; ECONNABORTED when a client gave up before it was accepted.
+            Err(e) => return trace!("accept: {e}"),
+        };
+        STATS.connections.add(1);
+        self.clients += 1;
+        // Multishot accept reports no address; ask for one only when tracing.
+        let peer = match support::verbosity() {
+            0 => String::new(),
+            _ => getpeername::<SockaddrStorage>(fd.as_raw_fd())
+                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+        };
+        trace!("{peer}: connected ({} clients)", self.clients);
+        let buf = vec![0u8; BUF_SIZE];
+        self.recv(Conn { fd, peer, buf });
     }
     // ANCHOR_END: handle_new_connection
 
@@ -358,11 +351,8 @@ impl Server {
             }
             // Reset and the like: drop this client only.
             err => {
-                trace!(
-                    "{}: recv: {}; closing",
-                    conn.peer,
-                    io::Error::from_raw_os_error(-err)
-                );
+                let err = io::Error::from_raw_os_error(-err);
+                trace!("{}: recv: {err}; closing", conn.peer);
                 self.close(conn);
             }
         }
@@ -374,11 +364,8 @@ impl Server {
     /// has gone, so a client that does not read stops being read, and holds one buffer.
     fn flush(&mut self, conn: Conn, len: usize, sent: usize, result: i32) {
         if result < 0 {
-            trace!(
-                "{}: send: {}; closing",
-                conn.peer,
-                io::Error::from_raw_os_error(-result)
-            );
+            let err = io::Error::from_raw_os_error(-result);
+            trace!("{}: send: {err}; closing", conn.peer);
             return self.close(conn);
         }
         STATS.bytes_out.add(result as u64);
@@ -396,38 +383,44 @@ impl Server {
     /// saying it no longer uses a buffer or descriptor), and only then free anything.
     fn shutdown(&mut self) -> anyhow::Result<()> {
         self.stopping = true;
-        // One entry cancels every request (IORING_ASYNC_CANCEL_ANY, Linux 5.19).
-        let entry = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
-        self.submit(Op::Cancel { all: true }, entry);
-        while self.in_flight > 0 {
+        if self.multishot {
+            // One entry cancels every operation: IORING_ASYNC_CANCEL_ANY, new in 5.19 like
+            // multishot accept. Before that, one entry per operation, named by its key.
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
+            self.submit(Op::Cancel, entry);
+        } else {
+            let keys: Vec<usize> = (0..self.ops.len())
+                .filter(|&k| self.ops[k].is_some())
+                .collect();
+            for key in keys {
+                self.submit(Op::Cancel, opcode::AsyncCancel::new(key as u64).build());
+            }
+        }
+        while self.in_flight() > 0 {
             ENTERS.add(1);
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if support::interrupted(&e) || e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e).context("io_uring_enter"),
             }
-            let completions: Vec<cqueue::Entry> = self.ring.completion().collect();
-            for cqe in completions {
+            self.completions.extend(self.ring.completion());
+            for cqe in std::mem::take(&mut self.completions) {
                 self.complete(cqe);
             }
         }
         Ok(())
     }
+    // ANCHOR_END: shutdown
+}
 
-    /// The cancel-all completed. An older kernel rejects "any" with EINVAL: cancel each
-    /// operation by its `user_data` instead.
-    fn handle_cancel(&mut self, all: bool, result: i32) {
-        if all && result == -libc::EINVAL {
-            let keys: Vec<usize> = (0..self.ops.len())
-                .filter(|&k| self.ops[k].is_some())
-                .collect();
-            for key in keys {
-                let entry = opcode::AsyncCancel::new(key as u64).build();
-                self.submit(Op::Cancel { all: false }, entry);
-            }
+impl Drop for Server {
+    /// With operations still in flight (an error or a panic left the loop early), the kernel
+    /// may yet write into their buffers: leak them rather than free them.
+    fn drop(&mut self) {
+        if self.in_flight() > 0 {
+            std::mem::forget(std::mem::take(&mut self.ops));
         }
     }
-    // ANCHOR_END: shutdown
 }
 
 /// A single accept, for kernels without multishot (and for the out-of-descriptors remedy). The

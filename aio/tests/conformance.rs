@@ -36,3 +36,20 @@ fn posix_idle_is_quiet() {
     let args = ["--backend", "posix", "--threads", "200"];
     conformance::idle_is_quiet(env!("CARGO_BIN_EXE_aio"), &args, 200);
 }
+
+// The same contract on paths this machine's kernel would not take by itself.
+// Before Linux 5.19: one accept per connection, and on stop one cancel per operation.
+conformance::suite!(
+    uring_old_kernel,
+    env!("CARGO_BIN_EXE_aio"),
+    ["--backend", "uring", "--simulate-old-kernel"],
+    clients = 2_000
+);
+// A ring of 4 entries (32 completions): the submission ring fills within one pass and the
+// completion ring overflows, so the kernel holds completions back until the next enter.
+conformance::suite!(
+    uring_small_ring,
+    env!("CARGO_BIN_EXE_aio"),
+    ["--backend", "uring", "--ring-entries", "4"],
+    clients = 2_000
+);

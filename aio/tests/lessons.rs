@@ -161,3 +161,9 @@ fn uring_resets_leak_nothing() {
 fn posix_resets_leak_nothing() {
     resets_leak_nothing(&["--backend", "posix"]);
 }
+
+/// The same with a ring of 4 entries, where error completions queue behind a full ring.
+#[test]
+fn uring_small_ring_resets_leak_nothing() {
+    resets_leak_nothing(&["--backend", "uring", "--ring-entries", "4"]);
+}
