@@ -344,6 +344,7 @@ impl Chat {
         }
     }
 
+    // ANCHOR: broadcast
     /// The same bytes to every member of the room: queued, never written here, so that a full
     /// socket never holds anyone up. settle() writes them after this pass's callbacks.
     fn broadcast(&mut self, msg: &[u8]) {
@@ -354,7 +355,9 @@ impl Chat {
             }
         }
     }
+    // ANCHOR_END: broadcast
 
+    // ANCHOR: settle
     /// Phase 4 for every client touched in this pass: write what the socket takes now, then
     /// close it if it is finished (telling the room, which touches the others again), or else
     /// ask the selector for what it needs now. Repeats until a round touches no one new.
@@ -388,6 +391,7 @@ impl Chat {
             }
         }
     }
+    // ANCHOR_END: settle
 
     /// Unregisters (before the socket closes), drops the client, tells the room.
     fn close(&mut self, fd: RawFd) {

@@ -304,6 +304,7 @@ impl<T: Clone> Selector<T> {
         Ok(key)
     }
 
+    // ANCHOR: select
     /// Waits until at least one registered descriptor is ready, or `timeout` passes (`None`:
     /// no limit), and answers each ready key with the events it is ready for, among those it
     /// asked for. A signal interrupting the wait, or the timeout, gives an empty answer.
@@ -341,6 +342,7 @@ impl<T: Clone> Selector<T> {
             })
             .collect())
     }
+    // ANCHOR_END: select
 }
 
 fn invalid(msg: String) -> io::Error {
