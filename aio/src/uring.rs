@@ -319,7 +319,8 @@ impl Server {
         let fd = match accepted {
             Ok(_) if self.stopping => return, // dropping it closes it
             Ok(fd) => fd,
-            // ECANCELED on stop; ECONNABORTED when a client gave up before it was accepted.
+            Err(_) if self.stopping => return, // ECANCELED: we cancelled it
+            // E.g. ECONNABORTED: the client gave up before it was accepted.
             Err(e) => return trace!("accept: {e}"),
         };
         STATS.connections.add(1);

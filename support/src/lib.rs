@@ -6,7 +6,7 @@
 //! `write`, `select`, `poll` and `epoll_wait` of a model is in that model's own file.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
@@ -25,9 +25,9 @@ pub struct Common {
     #[arg(default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: SocketAddr,
 
-    /// Trace what the server does on stderr (-v: each wake-up and connection).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    /// Trace what the server does on stderr: connections, and each wake-up of its loop.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 // ANCHOR_END: common_args
 
@@ -43,10 +43,10 @@ static VERBOSITY: AtomicU8 = AtomicU8::new(0);
 
 /// Records the options every server shares. Call it first thing in `main`.
 pub fn init(common: &Common) {
-    VERBOSITY.store(common.verbose, Ordering::Relaxed);
+    VERBOSITY.store(u8::from(common.verbose), Ordering::Relaxed);
 }
 
-/// How many `-v` were given.
+/// 1 with `-v`, else 0.
 pub fn verbosity() -> u8 {
     VERBOSITY.load(Ordering::Relaxed)
 }
@@ -56,9 +56,25 @@ pub fn verbosity() -> u8 {
 macro_rules! trace {
     ($($arg:tt)*) => {
         if $crate::verbosity() > 0 {
-            eprintln!("{}: {}", $crate::program(), format_args!($($arg)*));
+            $crate::say_line(format_args!($($arg)*));
         }
     };
+}
+
+/// Prints `program: message` on stderr, always, as one write (see [`say_line`]).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes `program: message` and a newline to stderr in one `write`, so that lines from
+/// several processes (the fork chapter's children) or threads never interleave mid-line.
+/// (`eprintln!` may write a line in pieces: stderr is unbuffered.)
+pub fn say_line(message: fmt::Arguments) {
+    let line = format!("{}: {message}\n", program());
+    let _ = io::stderr().write_all(line.as_bytes());
 }
 
 /// The program's name as the user typed it (`select`, `poll`, ...), for messages.
@@ -338,19 +354,28 @@ pub fn summary(extra: &[(&str, u64)]) {
         },
     };
     let mut line = format!(
-        "summary: {} connections, {} in, {} out, {} wake-ups, {} calls, {} would-block ({share:.1}%)",
+        "summary: {} connections, {} in, {} out",
         s.connections.get(),
         Bytes(s.bytes_in.get()),
         Bytes(s.bytes_out.get()),
-        s.wakeups.get(),
-        calls,
-        would_block,
     );
+    // A server without a loop that wakes (the blocking chapter) has nothing to say here.
+    if s.wakeups.get() > 0 {
+        line.push_str(&format!(", {} wake-ups", s.wakeups.get()));
+    }
+    line.push_str(&format!(", {calls} calls"));
+    if s.wakeups.get() > 0 || would_block > 0 {
+        line.push_str(&format!(", {would_block} would-block ({share:.1}%)"));
+    }
     for (name, value) in extra {
         line.push_str(&format!(", {value} {name}"));
     }
-    eprintln!("{}: {why}", program());
-    eprintln!("{}: {line}", program());
+    // After a Ctrl-C the terminal has echoed `^C` with no newline: start on a fresh line.
+    if io::stderr().is_terminal() {
+        eprintln!();
+    }
+    say_line(format_args!("{why}"));
+    say_line(format_args!("{line}"));
 }
 
 #[cfg(test)]
