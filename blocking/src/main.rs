@@ -36,7 +36,7 @@ use clap::{Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -138,7 +138,7 @@ fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
         }
         Err(e) => {
             if !support::interrupted(&e) {
-                eprintln!("accept: {e}");
+                say!("accept: {e}");
             }
             None
         }
@@ -153,10 +153,10 @@ fn serve_single(listener: &TcpListener) {
         let Some((stream, peer)) = accept(listener) else {
             continue;
         };
-        eprintln!("serving {peer}; any other client waits in the listen queue until it leaves");
+        say!("serving {peer}; any other client waits in the listen queue until it leaves");
         let started = Instant::now();
         handle_client(stream, peer);
-        eprintln!(
+        say!(
             "{peer} left after {:.1} s; accepting the next",
             started.elapsed().as_secs_f64()
         );
@@ -173,19 +173,19 @@ fn serve_threads(listener: &TcpListener, max_clients: usize) {
         };
         if ACTIVE.load(Ordering::Relaxed) >= max_clients {
             REFUSED.add(1);
-            eprintln!(
-                "refusing {peer}: {max_clients} threads already serve clients (--max-clients)"
-            );
+            say!("refusing {peer}: {max_clients} threads already serve clients (--max-clients)");
             continue;
         }
         let begin = enter();
-        let spawned = std::thread::Builder::new().spawn(move || {
-            handle_client(stream, peer);
-            leave(begin);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                handle_client(stream, peer);
+                leave(begin);
+            });
         if let Err(e) = spawned {
             // The closure, and with it the stream, is dropped: the client sees EOF.
-            eprintln!("cannot start a thread for {peer}: {e}");
+            say!("cannot start a thread for {peer}: {e}");
             ACTIVE.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -223,9 +223,7 @@ fn serve_processes(
         let mut live = children.lock().unwrap();
         if live.len() >= max_clients {
             REFUSED.add(1);
-            eprintln!(
-                "refusing {peer}: {max_clients} processes already serve clients (--max-clients)"
-            );
+            say!("refusing {peer}: {max_clients} processes already serve clients (--max-clients)");
             continue;
         }
         // SAFETY: the child is a copy of this thread alone. It touches no lock that another
@@ -240,12 +238,12 @@ fn serve_processes(
                 std::process::exit(0);
             }
             Ok(ForkResult::Parent { child }) => {
-                trace!("{peer}: served by process {child}");
+                say!("{peer}: served by process {child}");
                 live.insert(child);
                 PEAK.fetch_max(live.len(), Ordering::Relaxed);
                 // `stream` is dropped here: the parent's copy closes, the child's stays open.
             }
-            Err(e) => eprintln!("fork for {peer}: {e}"),
+            Err(e) => say!("fork for {peer}: {e}"),
         }
     }
 }
@@ -280,35 +278,43 @@ fn stop_children(children: &Mutex<HashSet<Pid>>) {
 /// A fixed pool of worker threads fed by a queue. When every worker is busy, a new client is
 /// accepted but only queued: it is connected, and nobody answers it until a worker is free.
 fn serve_pool(listener: &TcpListener, workers: usize, queue: usize) {
-    let pool = threadpool::ThreadPool::new(workers);
+    let pool = threadpool::Builder::new()
+        .num_threads(workers)
+        .thread_name("worker".into())
+        .build();
+    // Clients handed to the pool and not yet done: the first `workers` are being served, the
+    // rest wait in its queue. (Counted here, not asked of the pool: a job an idle worker has
+    // not picked up yet still looks queued there.)
+    let in_pool = Arc::new(AtomicUsize::new(0));
     loop {
         let Some((stream, peer)) = accept(listener) else {
             continue;
         };
-        let waiting = pool.queued_count();
+        let waiting = in_pool.load(Ordering::SeqCst).saturating_sub(workers);
         if waiting >= queue {
             REFUSED.add(1);
-            eprintln!("refusing {peer}: {waiting} clients already wait for a worker (--queue)");
+            say!("refusing {peer}: {waiting} clients already wait for a worker (--queue)");
             continue;
         }
-        // Running and queued jobs both hold a worker, or will: this client waits behind them.
-        let busy = pool.active_count() + waiting >= workers;
+        let busy = in_pool.fetch_add(1, Ordering::SeqCst) >= workers;
         if busy {
             WAITED.add(1);
-            eprintln!(
+            say!(
                 "all {workers} workers busy: {peer} waits in the queue ({} waiting)",
                 waiting + 1
             );
         }
         let queued_at = Instant::now();
+        let done = Arc::clone(&in_pool);
         pool.execute(move || {
             if busy {
                 let waited = queued_at.elapsed().as_secs_f64();
-                eprintln!("a worker is free: serving {peer} after {waited:.1} s in the queue");
+                say!("a worker is free: serving {peer} after {waited:.1} s in the queue");
             }
             let begin = enter();
             handle_client(stream, peer);
             leave(begin);
+            done.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -147,3 +147,20 @@ fn fork_stops_its_children_on_ctrl_c() {
     // The child serving `c` was told to stop too: the connection is closed.
     assert_eq!(conformance::read_to_eof(&mut c), b"");
 }
+
+#[test]
+fn pool_queue_counts_right_in_a_burst() {
+    // Three clients at once, one worker, room for one in the queue: one is served, one waits,
+    // one is refused, whether or not the worker has picked up the first job yet.
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "1", "--queue", "1"]);
+    let mut clients = conformance::connect_many(&server, 3);
+    let stderr = server.wait_for_stderr("refusing");
+    assert_eq!(stderr.matches("refusing").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("waits in the queue").count(), 1, "{stderr}");
+    let mut last = clients.pop().unwrap();
+    assert_eq!(conformance::read_to_eof(&mut last), b"");
+    let mut waiting = clients.pop().unwrap();
+    waiting.write_all(b"queued").unwrap();
+    drop(clients); // the served client leaves; the waiting one gets the worker
+    assert_eq!(read_reply(&mut waiting, 6), b"QUEUED");
+}
