@@ -25,7 +25,7 @@
 //! say prints while you type. No prompt there, and no waiting for replies.
 
 use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -86,20 +86,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
 /// Connects within a second, or says in one line what to do about it.
 fn connect(addr: &str) -> anyhow::Result<TcpStream> {
-    let candidates = addr
-        .to_socket_addrs()
-        .with_context(|| format!("'{addr}' is not a HOST:PORT address, e.g. 127.0.0.1:8080"))?;
+    let candidates: Vec<SocketAddr> = match addr.to_socket_addrs() {
+        Ok(found) => found.collect(),
+        Err(_) if !addr.contains(':') => {
+            bail!("'{addr}' is not a HOST:PORT address, e.g. 127.0.0.1:8080")
+        }
+        Err(err) => bail!("cannot resolve {addr}: {err}"),
+    };
     // `localhost` may name ::1 and 127.0.0.1; our servers bind only the second. Try each.
     let mut last_err = io::Error::new(ErrorKind::NotFound, "the name has no address");
+    let mut tried = None;
     for candidate in candidates {
+        tried = Some(candidate);
         match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
             Ok(stream) => return Ok(stream),
             Err(err) => last_err = err,
         }
     }
-    let start = match addr {
-        support::DEFAULT_ADDR => "cargo run -p select".to_owned(),
-        _ => format!("cargo run -p select -- {addr}"),
+    // The servers take an IP:PORT, not a name: suggest the address we actually tried.
+    let start = match tried {
+        Some(ip) if addr != support::DEFAULT_ADDR => format!("cargo run -p select -- {ip}"),
+        _ => "cargo run -p select".to_owned(),
     };
     match last_err.kind() {
         ErrorKind::ConnectionRefused => {
@@ -239,8 +246,12 @@ fn follow(stream: TcpStream) -> anyhow::Result<()> {
             recv(net) -> msg => match msg {
                 Ok(Ok(bytes)) => show(&mut stdout, &bytes)?,
                 Ok(Err(err)) => return Err(gone(err)),
-                // The reader thread saw EOF and dropped its end: the server left before we did.
-                Err(_) => bail!(SERVER_CLOSED),
+                // The reader thread saw EOF and dropped its end: the server ended the session
+                // (in the chat, `/quit` does that). Say so; it is no failure of ours.
+                Err(_) => {
+                    eprintln!("client: {SERVER_CLOSED}");
+                    return Ok(());
+                }
             },
             recv(lines) -> line => match line {
                 Ok(line) => writer.write_all(&line).map_err(gone)?,

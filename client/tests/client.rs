@@ -227,6 +227,24 @@ fn nothing_listening_is_one_line_naming_the_address() {
     );
 }
 
+#[test]
+fn nothing_listening_on_a_name_suggests_an_address_the_servers_take() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, _, err) = Client::piped(&[&format!("localhost:{port}")], "hi\n").finish();
+    assert!(!status.success());
+    // The servers parse IP:PORT only, so the hint must not repeat the name.
+    let hint = err
+        .split("cargo run -p select -- ")
+        .nth(1)
+        .expect("a hint with an address");
+    assert!(!hint.contains("localhost"), "{err:?}");
+    assert!(hint.contains(&port.to_string()), "{err:?}");
+}
+
 /// Answers the first line, then hangs up.
 fn closes_after_first_line(stream: TcpStream) {
     let mut writer = stream.try_clone().unwrap();
@@ -290,7 +308,7 @@ fn follow_prints_what_the_server_says_unasked() {
 }
 
 #[test]
-fn follow_reports_a_server_that_leaves_first() {
+fn follow_reports_a_server_that_ends_the_session() {
     let addr = serve(|mut stream| {
         stream.write_all(b"BYE\n").unwrap();
     });
@@ -301,7 +319,8 @@ fn follow_reports_a_server_that_leaves_first() {
     drop(stdin);
     assert_eq!(out, "BYE\n");
     assert!(err.contains("the server closed the connection"), "{err:?}");
-    assert!(!status.success());
+    // In follow mode the server ending the session (the chat's /quit) is a normal end.
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
