@@ -423,6 +423,12 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     if args.conns == 0 || args.size == 0 || args.threads == 0 {
         bail!("--conns, --size and --threads must be at least 1");
     }
+    if args.server == "selectors-chat" && !args.server_args.contains("--echo") {
+        bail!("selectors-chat is a chat room, not an echo server: add --server-args \"--echo\"");
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("bench: warning: this is a debug build; measure with --release");
+    }
     let bin = server_binary(&args.server, args.bin_dir.as_deref())?;
     let limit = crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")? as usize;
     if args.idle + args.conns + 64 > limit {
@@ -442,7 +448,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         if said.is_empty() {
             e
         } else {
-            e.context(format!("the server said: {said}"))
+            anyhow!("{e:#}; the server said: {said}")
         }
     };
 
@@ -633,7 +639,14 @@ impl Conn {
         self.stream.write_all(&self.request)?;
         self.stream
             .read_exact(&mut self.reply)
-            .context("the warm-up round trip got no full reply")?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => anyhow!(
+                    "no reply within {} s to a warm-up round trip: the server is not serving this \
+                 connection (does it serve one client at a time?)",
+                    PATIENCE.as_secs()
+                ),
+                _ => anyhow!("warm-up round trip: {e}"),
+            })?;
         self.verify()?;
         self.stream.set_nonblocking(true)?;
         Ok(())

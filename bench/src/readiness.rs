@@ -77,6 +77,9 @@ pub fn main(json: bool, ops: u64) -> anyhow::Result<()> {
     if ops == 0 {
         bail!("--ops must be at least 1");
     }
+    if cfg!(debug_assertions) {
+        eprintln!("bench: warning: this is a debug build; measure with --release");
+    }
     let rows = measure_all(ops, |_| {})?;
     if json {
         println!("{}", to_json(&rows));
