@@ -27,15 +27,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "dragonfly"
-))]
-use nix::poll::ppoll;
 use nix::poll::{PollFd, PollFlags};
 use support::{Counter, STATS, trace};
+
+mod compat; // ppoll, or a stand-in where the platform has none (macOS)
+use compat::ppoll;
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -276,24 +272,3 @@ fn flush(client: &mut Client) {
     }
 }
 // ANCHOR_END: flush
-
-/// macOS (and the BSDs nix gives no ppoll) lack ppoll: there the mask is opened around a plain
-/// poll. A Ctrl-C landing between the two calls is the race ppoll closes; the wait is capped at
-/// one second, so such a Ctrl-C is late by a second at most, not for ever.
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "dragonfly"
-)))]
-fn ppoll(
-    fds: &mut [PollFd],
-    _: Option<nix::sys::time::TimeSpec>,
-    mask: Option<nix::sys::signal::SigSet>,
-) -> nix::Result<nix::libc::c_int> {
-    let mask = mask.unwrap_or_else(nix::sys::signal::SigSet::empty);
-    let blocked = mask.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)?;
-    let answer = nix::poll::poll(fds, nix::poll::PollTimeout::from(1000u16));
-    blocked.thread_set_mask()?;
-    answer
-}
