@@ -27,10 +27,11 @@
 //! why: one helper per idle client, blocked in the kernel's TCP receive, which lingers a
 //! second after its client leaves; the summary gives the peak.
 //!
-//! No io_uring here (a kernel before 5.1, `/proc/sys/kernel/io_uring_disabled`, a container's
-//! seccomp filter)? The server says so in one line and suggests `--backend posix`. The hidden
-//! flag `--simulate-no-uring` makes set-up fail with that same ENOSYS, reported by the same
-//! code, so that the message can be seen and tested on any machine.
+//! The uring backend needs Linux 5.6. No io_uring here at all (a kernel before 5.1,
+//! `/proc/sys/kernel/io_uring_disabled`, a container's seccomp filter)? The server says so in
+//! one line and suggests `--backend posix`. The hidden flag `--simulate-no-uring` makes set-up
+//! fail with that same ENOSYS, reported by the same code, so that the message can be seen and
+//! tested on any machine.
 //!
 //! Compare it: `uring.rs` keeps select's names (`handle_new_connection`, `handle_client_data`,
 //! `flush`) for the same jobs, now run when a completion arrives rather than when a socket is
@@ -43,9 +44,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 
-/// An echo server that hands the kernel whole operations and is told when the data has been
-/// copied: io_uring by default, or POSIX AIO, which glibc runs on helper threads.
+/// An echo server that hands the kernel whole operations and is told when they are done:
+/// io_uring by default, or POSIX AIO (--backend posix), which glibc runs on helper threads.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,

@@ -27,7 +27,7 @@ use anyhow::Context;
 use nix::errno::Errno;
 use nix::sys::aio::{Aio, AioRead, AioWrite, aio_suspend};
 use nix::sys::signal::{SigSet, SigevNotify};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `aio_read`.
 const BUF_SIZE: usize = 4096;
@@ -200,9 +200,7 @@ fn handle_new_connection(
         // client than helpers would wait, unserved, until some other client spoke: refuse it.
         if clients.len() >= threads {
             REFUSED.add(1);
-            eprintln!(
-                "refusing {peer}: all {threads} AIO helper threads may be busy; raise --threads"
-            );
+            say!("refusing {peer}: all {threads} AIO helper threads may be busy; raise --threads");
             continue;
         }
         STATS.connections.add(1);
@@ -330,7 +328,7 @@ fn spawn_acceptor(
                     match accepted {
                         Ok((stream, peer)) if spare.is_none() => {
                             drop(stream);
-                            eprintln!("accept: {e}; closing {peer} unserved");
+                            say!("accept: {e}; closing {peer} unserved");
                             continue;
                         }
                         other => other,

@@ -15,7 +15,7 @@ use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue};
 use nix::sys::socket::{SockaddrStorage, getpeername};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes received per `Recv`. Each connection owns one buffer of this size for its whole life
 /// (40 MiB at 10,000 clients); io_uring's provided-buffer rings are the remedy, not shown here.
@@ -135,10 +135,8 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         ("completions", completions),
         ("io_uring_enter calls", calls),
     ]);
-    let (program, per_call) = (support::program(), ops as f64 / calls.max(1) as f64);
-    eprintln!(
-        "{program}: {ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter"
-    );
+    let per_call = ops as f64 / calls.max(1) as f64;
+    say!("{ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter");
     Ok(())
 }
 
@@ -299,7 +297,7 @@ impl Server {
                 match accepted(result) {
                     Ok(fd) if self.spare.is_none() => {
                         drop(fd);
-                        eprintln!("accept: {why}; closing a connection unserved");
+                        say!("accept: {why}; closing a connection unserved");
                         self.spare = support::reserve_descriptor();
                     }
                     other => self.handle_new_connection(other),

@@ -42,6 +42,7 @@ use clap::{Parser, Subcommand};
 /// Run it with --release; `bench report` regenerates every figure in the book.
 #[cfg(target_os = "linux")]
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(subcommand)]
     command: Command,

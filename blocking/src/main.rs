@@ -41,9 +41,10 @@ use support::{Counter, STATS, say, trace};
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
 
-/// A blocking echo server: every call waits, so each client needs a thread or process of its
-/// own, or waits its turn. `--mode pool` shows the limit of a thread pool.
+/// A blocking echo server: every call waits, so each client needs its own thread or process,
+/// or waits its turn. --mode pool shows the limit of a thread pool.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,

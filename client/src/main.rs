@@ -53,6 +53,7 @@ const SERVER_CLOSED: &str = "the server closed the connection";
 /// The interactive client for every server here: type a line, see the reply (Ctrl-D quits).
 /// Pipe lines in to script it; --follow prints what the server says as it arrives (for the chat).
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 #[command(name = "client")]
 struct Args {
     /// The server's address, HOST:PORT.

@@ -499,7 +499,8 @@ pub fn bad_address(bin: &str, args: &[&str]) {
     assert!(stderr.contains("IP:PORT"), "no hint:\n{stderr}");
 }
 
-/// `--help` works and explains itself.
+/// `--help` works and opens with the model's lesson: two lines that fit a terminal, then a blank
+/// line and the usage.
 pub fn help(bin: &str) {
     let out = run_to_exit(bin, &["--help"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -508,6 +509,17 @@ pub fn help(bin: &str) {
         stdout.contains("Usage:") && stdout.contains("[ADDR]"),
         "{stdout}"
     );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() > 3 && lines[2].is_empty() && lines[3].starts_with("Usage:"),
+        "the lesson should be two lines before the usage:\n{stdout}"
+    );
+    for line in &lines[..2] {
+        assert!(
+            !line.is_empty() && line.chars().count() <= 100,
+            "a lesson line is empty or wider than 100 columns: {line:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

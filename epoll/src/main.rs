@@ -16,8 +16,9 @@
 //!
 //! Watch: `-v` prints every wake-up (`epoll_wait: 2 ready of 5 watched: L=in 3=in|out`, each
 //! socket's key and flags); `top` shows ~0% CPU while the clients are idle, and a wait costs the
-//! same with 10,000 idle clients as with one. With `--edge --read-once`, paste more than 4096
-//! bytes at once and watch the reply stop at 4096: no new edge comes for bytes already there.
+//! same with 10,000 idle clients as with one. With `--edge --read-once`, send 10,000 bytes at
+//! once (`python3 -c "print('a'*10000)" | cargo run -q -p client`) and watch the reply stop
+//! at 4096: no new edge comes for bytes already there.
 //!
 //! Diff it: `diff poll/src/main.rs epoll/src/main.rs` (an array each pass → a set kept in the
 //! kernel: register once, get only the ready ones back).
@@ -34,7 +35,7 @@ use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::SigSet;
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -54,6 +55,7 @@ static DELETES: Counter = Counter::new();
 /// An echo server that waits in epoll(7): register each socket once, get only the ready ones back.
 /// Level-triggered by default; --edge shows edge-triggered, faster to wake and harder to get right.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -323,7 +325,7 @@ fn handle_new_connection(
                 drop(spare.take());
                 let waiting = match listener.accept() {
                     Ok((_stream, peer)) => {
-                        eprintln!("accept: {e}; closing {peer} unserved");
+                        say!("accept: {e}; closing {peer} unserved");
                         true
                     }
                     Err(_) => false,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -40,6 +40,7 @@ static EMPTY_PASSES: Counter = Counter::new();
 /// An echo server that never waits: it asks every socket in turn, again and again.
 /// Its cost: even with every client idle it keeps one core busy asking.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -206,7 +207,7 @@ fn handle_new_connection(
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
-                    eprintln!("accept: {e}; closing {peer} unserved");
+                    say!("accept: {e}; closing {peer} unserved");
                 }
                 *spare = support::reserve_descriptor();
                 break;

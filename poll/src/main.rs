@@ -28,7 +28,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 mod compat; // ppoll, or a stand-in where the platform has none (macOS)
 use compat::ppoll;
@@ -44,6 +44,7 @@ static WATCHED: Counter = Counter::new();
 /// An echo server that waits in poll(2): one thread, many clients, no busy loop.
 /// No ceiling: an array of pollfd takes any descriptor, where select's bitmap stops at 1024.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -214,7 +215,7 @@ fn handle_new_connection(
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
-                    eprintln!("accept: {e}; closing {peer} unserved");
+                    say!("accept: {e}; closing {peer} unserved");
                 }
                 *spare = support::reserve_descriptor();
                 break;

@@ -28,7 +28,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::select::{FD_SETSIZE, FdSet, pselect};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -41,6 +41,7 @@ static REFUSED: Counter = Counter::new();
 /// An echo server that waits in select(2): one thread, many clients, no busy loop.
 /// Its ceiling: descriptors up to FD_SETSIZE (1024) only; past that it refuses clients.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -188,7 +189,7 @@ fn handle_new_connection(
                 let fd = stream.as_raw_fd();
                 if fd >= FD_SETSIZE as i32 {
                     REFUSED.add(1);
-                    eprintln!(
+                    say!(
                         "refusing {peer}: descriptor {fd} is past select's FD_SETSIZE \
                          ({FD_SETSIZE}); poll and epoll have no such limit"
                     );
@@ -215,7 +216,7 @@ fn handle_new_connection(
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
-                    eprintln!("accept: {e}; closing {peer} unserved");
+                    say!("accept: {e}; closing {peer} unserved");
                 }
                 *spare = support::reserve_descriptor();
                 break;

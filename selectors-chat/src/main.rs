@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use selector::{Kind, Selector};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -41,9 +41,10 @@ const BUF_SIZE: usize = 4096;
 /// Connections refused because the selector would not take their descriptor (select's limit).
 static REFUSED: Counter = Counter::new();
 
-/// Python's selectors module in Rust: one interface over epoll, kqueue, poll and select, the
-/// platform's best picked for you. Serves a line-based chat room (or, with --echo, the echo).
+/// Python's selectors module in Rust: one interface over epoll, kqueue, poll and select.
+/// Serves a line-based chat room (--echo: the echo), on the platform's best mechanism.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -72,7 +73,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // DefaultSelector, or the one asked for. Each wait runs with `wait_mask`: Ctrl-C can
     // interrupt it and nothing else can (see selector.rs).
     let kind = args.selector;
-    eprintln!("{}: selector: {}", support::program(), kind.name());
+    say!("selector: {}", kind.name());
     let extra = if args.echo {
         echo::run(listener, Selector::new(kind, Some(wait_mask))?)?
     } else {
@@ -114,7 +115,7 @@ fn accept_ready(listener: &TcpListener, spare: &mut Option<File>) -> Vec<(TcpStr
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
-                    eprintln!("accept: {e}; closing {peer} unserved");
+                    say!("accept: {e}; closing {peer} unserved");
                 }
                 *spare = support::reserve_descriptor();
                 break;
@@ -133,7 +134,7 @@ fn accept_ready(listener: &TcpListener, spare: &mut Option<File>) -> Vec<(TcpStr
 /// A connection the selector would not take (select's FD_SETSIZE): say why, then drop it.
 fn refuse(peer: SocketAddr, err: io::Error) {
     REFUSED.add(1);
-    eprintln!("refusing {peer}: {err}");
+    say!("refusing {peer}: {err}");
 }
 
 // ANCHOR: flush

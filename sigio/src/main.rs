@@ -38,7 +38,7 @@ use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, c_int, c_long};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{SigSet, Signal};
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -55,9 +55,10 @@ static OVERFLOWS: Counter = Counter::new();
 /// Signals that named a descriptor already closed (queued before its client went away).
 static STALE: Counter = Counter::new();
 
-/// An echo server driven by signals: the kernel queues a real-time signal naming each socket that
-/// becomes ready. Its limits: one wake-up per event, a bounded queue (overflow → rescan), Linux only.
+/// An echo server driven by signals: the kernel queues a real-time signal for each ready socket.
+/// Its limits: one wake-up per event, a bounded queue (overflow means a rescan), Linux only.
 #[derive(Parser)]
+#[command(verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     common: support::Common,
@@ -266,7 +267,7 @@ fn handle_new_connection(
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
-                    eprintln!("accept: {e}; closing {peer} unserved");
+                    say!("accept: {e}; closing {peer} unserved");
                 }
                 *spare = support::reserve_descriptor();
                 if spare.is_none() {
