@@ -4,12 +4,15 @@
 //! `{{#include ../../select/src/main.rs:wait}}`. A renamed anchor or a moved file would make
 //! mdBook print a warning and render a hole where the code should be, so these tests fail first.
 //! And every `cargo run -p NAME` in the book must name a crate of this workspace that is more
-//! than a placeholder, so that no chapter sends a class to a server that does not exist yet.
+//! than a placeholder, so that no chapter sends a class to a server that does not exist yet,
+//! and the options it passes (`cargo run -p epoll -- --edge --read-once`) must be ones that the
+//! binary accepts, in the book, the README and the crates' own headers alike.
 //!
 //! Run with `cargo test -p conformance --test book`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The workspace root (this crate's parent directory).
 fn workspace() -> PathBuf {
@@ -259,6 +262,131 @@ fn every_cargo_run_names_a_real_workspace_crate() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// The arguments after `--` of each `cargo run -p NAME -- ARGS` in `text`, with the line number
+/// and NAME: the words up to the end of the code span or the first shell operator or comment.
+/// Commands with a placeholder (`[OPTIONS]`, `ADDR`, `N`) or an ellipsis are left out.
+fn cargo_run_args(text: &str) -> Vec<(usize, String, Vec<String>)> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        for (at, _) in line.match_indices("cargo run") {
+            let rest = &line[at + "cargo run".len()..];
+            let end = rest.find(['`', '|', ';', ')', '#', '>', '<', '&']);
+            let mut words = rest[..end.unwrap_or(rest.len())].split_whitespace();
+            let mut name = None;
+            while let Some(word) = words.next() {
+                if word == "-p" || word == "--package" {
+                    name = words.next();
+                } else if word == "--" || !word.starts_with('-') {
+                    if word == "--" && name.is_some() {
+                        let args: Vec<String> = words.by_ref().map(str::to_owned).collect();
+                        let placeholder = |w: &String| {
+                            let bare = w.trim_matches(['[', ']', '.', ',']);
+                            w.contains("...")
+                                || w.contains('…')
+                                || (!bare.is_empty()
+                                    && bare.chars().all(|c| c.is_ascii_uppercase()))
+                        };
+                        if !args.is_empty() && !args.iter().any(placeholder) {
+                            found.push((index + 1, name.unwrap_or("").to_owned(), args));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Where `cargo test` put the workspace's binaries: beside this test's `deps/` directory.
+/// A binary not built yet (`cargo test -p conformance` alone) is built first.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "-q", "-p", name])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name} failed");
+    }
+    path
+}
+
+/// The README, the book, and the `//!` headers of every crate: all the text that tells a
+/// student what to type.
+fn instructions() -> Vec<(PathBuf, String)> {
+    let mut texts = book_pages();
+    let readme = workspace().join("README.md");
+    texts.push((
+        readme.clone(),
+        fs::read_to_string(&readme).expect("README.md"),
+    ));
+    for member in members() {
+        let src = workspace().join(&member).join("src");
+        let Ok(entries) = fs::read_dir(&src) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|ext| ext == "rs") {
+                // Comments only: commands in string literals are built at run time.
+                let text = fs::read_to_string(&path).expect("read a source file");
+                let comments: Vec<&str> = text
+                    .lines()
+                    .map(|line| {
+                        if line.trim_start().starts_with("//") {
+                            line
+                        } else {
+                            ""
+                        }
+                    })
+                    .collect();
+                texts.push((path, comments.join("\n")));
+            }
+        }
+    }
+    texts
+}
+
+#[test]
+fn every_cargo_run_passes_options_the_binary_accepts() {
+    let members = members();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (page, text) in instructions() {
+        for (line, name, args) in cargo_run_args(&without_comments(&text)) {
+            if !members.contains(&name) || !is_real(&name) {
+                continue; // the test above reports it
+            }
+            // clap parses everything before `--help`, then prints the help: an unknown option
+            // or a value that does not parse fails instead.
+            let output = Command::new(binary(&name))
+                .args(&args)
+                .arg("--help")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run the binary");
+            checked += 1;
+            if !output.status.success() {
+                problems.push(format!(
+                    "{}:{line}: `cargo run -p {name} -- {}`: {}",
+                    page.display(),
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} commands with options found");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
 #[test]
 fn every_chapter_and_picture_exists() {
     let src = workspace().join("docs/src");
@@ -308,6 +436,22 @@ fn the_parsers_find_what_they_should() {
     );
     let names: Vec<&str> = runs.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["select", "bench", "client", "NAME"]);
+
+    let runs = cargo_run_args(
+        "`cargo run -p epoll -- --edge -v` | cargo run -q -p client -- 127.0.0.1:1 # c\n\
+         cargo run -p NAME -- [OPTIONS] [ADDR]; cargo run -p select -- --workers N\n\
+         cargo run -p select; printf x | cargo run -p poll -- -v > out",
+    );
+    let expected = [
+        (1, "epoll", vec!["--edge", "-v"]),
+        (1, "client", vec!["127.0.0.1:1"]),
+        (3, "poll", vec!["-v"]),
+    ];
+    assert_eq!(runs.len(), expected.len(), "{runs:?}");
+    for ((line, name, args), (want_line, want_name, want_args)) in runs.iter().zip(expected) {
+        assert_eq!((*line, name.as_str()), (want_line, want_name));
+        assert_eq!(args, &want_args);
+    }
 
     assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
     assert!(is_real("select") && !is_real("no-such-crate"));
