@@ -1,5 +1,6 @@
 //! Drives the real client binary against small servers written here, each unlike ours in one
-//! way: replies in fragments, without a newline, late, or a server that hangs up early.
+//! way: replies in fragments, without a newline, late, or a server that hangs up early; and
+//! against one nobody here wrote, Python's `socketserver`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -328,4 +329,35 @@ fn help_mentions_follow() {
     let out = Command::new(CLIENT).arg("--help").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--follow"));
+}
+
+/// A server nobody here wrote: Python's standard `socketserver`, one thread per client,
+/// replying to each `recv` with its bytes upper-cased, as the lecture's servers do.
+#[test]
+fn works_against_a_python_socketserver() {
+    const SERVER: &str = "\
+import socketserver, sys
+class Upper(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(1024):
+            self.request.sendall(data.upper())
+server = socketserver.ThreadingTCPServer(('127.0.0.1', 0), Upper)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+";
+    let mut python = Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for this test");
+    let mut port = String::new();
+    BufReader::new(python.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", port.trim());
+    let (status, out, err) = Client::piped(&[&addr], "hello\nworld\n").finish();
+    python.kill().unwrap();
+    python.wait().unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "HELLO\nWORLD\n");
 }
