@@ -10,3 +10,8 @@ fn back_pressure() {
 fn idle_is_quiet() {
     conformance::idle_is_quiet(env!("CARGO_BIN_EXE_select"), &[], 100);
 }
+
+#[test]
+fn out_of_descriptors() {
+    conformance::out_of_descriptors(env!("CARGO_BIN_EXE_select"), &[]);
+}

@@ -47,3 +47,8 @@ fn select_refuses_past_fd_setsize() {
         stopped.stderr
     );
 }
+
+#[test]
+fn echo_out_of_descriptors() {
+    conformance::out_of_descriptors(env!("CARGO_BIN_EXE_selectors-chat"), &["--echo"]);
+}

@@ -262,16 +262,22 @@ fn handle_new_connection(
             Err(e) if support::interrupted(&e) => {}
             // No descriptor left. The connection stays queued, and no new signal comes for it:
             // the one that named the listener has been taken. Give back the spare descriptor,
-            // accept the connection and close it, then take the spare again, and go on: the
-            // rest of the queue raised its signals already, too.
+            // accept the connection and close it, then take the spare again, and go on (the
+            // rest of the queue raised its signals already, too) until the queue is empty,
+            // since EMFILE comes before accept looks at the queue, or until the spare cannot
+            // be taken again: going on would spin right here.
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
-                if let Ok((_stream, peer)) = listener.accept() {
-                    say!("accept: {e}; closing {peer} unserved");
-                }
+                let waiting = match listener.accept() {
+                    Ok((_stream, peer)) => {
+                        say!("accept: {e}; closing {peer} unserved");
+                        true
+                    }
+                    Err(_) => false,
+                };
                 *spare = support::reserve_descriptor();
-                if spare.is_none() {
-                    break; // the remedy failed too; going on would spin right here
+                if !waiting || spare.is_none() {
+                    break;
                 }
             }
             // E.g. ECONNABORTED: the client gave up before we accepted it.
