@@ -25,12 +25,13 @@
 //! with `handle_client_data` in `nonblocking/src/main.rs`, where `read` may not wait.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal, kill};
@@ -117,25 +118,55 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // The listener stays blocking: accept() sleeps until a client arrives.
     let listener = support::listen(args.common.addr)?;
     support::announce(&listener)?;
+    // A descriptor held in reserve, for accept to give back when none are left.
+    let spare = support::reserve_descriptor();
     // ANCHOR_END: setup
 
     match args.mode {
-        Mode::Single => serve_single(&listener),
-        Mode::Thread => serve_threads(&listener, args.max_clients),
-        Mode::Fork => serve_processes(listener, args.max_clients, &children)?,
-        Mode::Pool => serve_pool(&listener, args.workers as usize, args.queue),
+        Mode::Single => serve_single(&listener, spare),
+        Mode::Thread => serve_threads(&listener, spare, args.max_clients),
+        Mode::Fork => serve_processes(listener, spare, args.max_clients, &children)?,
+        Mode::Pool => serve_pool(&listener, spare, args.workers as usize, args.queue),
     }
     Ok(())
 }
 
+// ANCHOR: accept
 /// Blocks until the next client connects; counts it. Returns None when accept failed, which
 /// is that client's trouble (it gave up, or we are out of descriptors), not the server's.
-fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+fn accept(listener: &TcpListener, spare: &mut Option<File>) -> Option<(TcpStream, SocketAddr)> {
     STATS.calls.add(1);
     match listener.accept() {
         Ok((stream, peer)) => {
             STATS.connections.add(1);
             Some((stream, peer))
+        }
+        // Out of descriptors: accept fails at once, before it even waits for a client, so
+        // calling it again would spin. Give back the spare and accept into its slot (this
+        // waits for the next client). If a descriptor is free beside the spare, clients have
+        // left since: serve this one. If not, close it unserved, and take the spare back.
+        Err(e) if support::out_of_descriptors(&e) => {
+            drop(spare.take());
+            let accepted = listener.accept();
+            *spare = support::reserve_descriptor();
+            match accepted {
+                Ok((stream, peer)) if spare.is_some() => {
+                    STATS.connections.add(1);
+                    Some((stream, peer))
+                }
+                Ok((stream, peer)) => {
+                    drop(stream);
+                    say!("accept: {e}; closing {peer} unserved");
+                    *spare = support::reserve_descriptor();
+                    None
+                }
+                // No spare to give back (something else took the descriptor): pause, not spin.
+                Err(e) if support::out_of_descriptors(&e) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+                Err(_) => None,
+            }
         }
         Err(e) => {
             if !support::interrupted(&e) {
@@ -145,13 +176,14 @@ fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
         }
     }
 }
+// ANCHOR_END: accept
 
 // ANCHOR: single
 /// The iterative server: serve one client to the end, then accept the next. Meanwhile the
 /// kernel completes other clients' handshakes and queues them on the listener's backlog.
-fn serve_single(listener: &TcpListener) {
+fn serve_single(listener: &TcpListener, mut spare: Option<File>) {
     loop {
-        let Some((stream, peer)) = accept(listener) else {
+        let Some((stream, peer)) = accept(listener, &mut spare) else {
             continue;
         };
         say!("serving {peer}; any other client waits in the listen queue until it leaves");
@@ -167,9 +199,9 @@ fn serve_single(listener: &TcpListener) {
 
 // ANCHOR: threads
 /// A thread per connection: the blocking calls of one client stall only its own thread.
-fn serve_threads(listener: &TcpListener, max_clients: usize) {
+fn serve_threads(listener: &TcpListener, mut spare: Option<File>, max_clients: usize) {
     loop {
-        let Some((stream, peer)) = accept(listener) else {
+        let Some((stream, peer)) = accept(listener, &mut spare) else {
             continue;
         };
         if ACTIVE.load(Ordering::Relaxed) >= max_clients {
@@ -199,6 +231,7 @@ fn serve_threads(listener: &TcpListener, max_clients: usize) {
 /// parent collects its exit status with waitpid; a thread of ours does that on each SIGCHLD.
 fn serve_processes(
     listener: TcpListener,
+    mut spare: Option<File>,
     max_clients: usize,
     children: &Arc<Mutex<HashSet<Pid>>>,
 ) -> anyhow::Result<()> {
@@ -217,7 +250,7 @@ fn serve_processes(
             }
         })?;
     loop {
-        let Some((stream, peer)) = accept(&listener) else {
+        let Some((stream, peer)) = accept(&listener, &mut spare) else {
             continue;
         };
         // Held across fork, so the reaper cannot remove a child before it has been added.
@@ -233,8 +266,10 @@ fn serve_processes(
             Ok(ForkResult::Child) => {
                 support::reset_signals_in_child();
                 // The child never accepts: close its copy of the listener, or the port would
-                // stay open for as long as any child lives, even after the parent is gone.
+                // stay open for as long as any child lives, even after the parent is gone
+                // (and its copy of the spare, which only accept needs).
                 drop(listener);
+                drop(spare.take());
                 handle_client(stream, peer);
                 std::process::exit(0);
             }
@@ -278,7 +313,7 @@ fn stop_children(children: &Mutex<HashSet<Pid>>) {
 // ANCHOR: pool
 /// A fixed pool of worker threads fed by a queue. When every worker is busy, a new client is
 /// accepted but only queued: it is connected, and nobody answers it until a worker is free.
-fn serve_pool(listener: &TcpListener, workers: usize, queue: usize) {
+fn serve_pool(listener: &TcpListener, mut spare: Option<File>, workers: usize, queue: usize) {
     let pool = threadpool::Builder::new()
         .num_threads(workers)
         .thread_name("worker".into())
@@ -288,7 +323,7 @@ fn serve_pool(listener: &TcpListener, workers: usize, queue: usize) {
     // not picked up yet still looks queued there.)
     let in_pool = Arc::new(AtomicUsize::new(0));
     loop {
-        let Some((stream, peer)) = accept(listener) else {
+        let Some((stream, peer)) = accept(listener, &mut spare) else {
             continue;
         };
         let waiting = in_pool.load(Ordering::SeqCst).saturating_sub(workers);

@@ -20,3 +20,17 @@ conformance::suite!(
     ["--mode", "pool", "--workers", "16"],
     clients = 16
 );
+
+// Out of descriptors (`ulimit -n 64`): accept fails at once, so the acceptor must not just
+// call it again. (In fork mode the parent holds no descriptor per client, and single mode
+// serves one client at a time, so only these two modes run out.)
+#[test]
+fn thread_out_of_descriptors() {
+    conformance::out_of_descriptors(env!("CARGO_BIN_EXE_blocking"), &["--mode", "thread"]);
+}
+
+#[test]
+fn pool_out_of_descriptors() {
+    let args = ["--mode", "pool", "--workers", "50"];
+    conformance::out_of_descriptors(env!("CARGO_BIN_EXE_blocking"), &args);
+}

@@ -387,6 +387,35 @@ fn every_cargo_run_passes_options_the_binary_accepts() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// The ids mdBook gives a page's headings, for `page.md#id` links: the heading's text, lower
+/// case, spaces as `-`, punctuation other than `-` and `_` left out. (Code blocks skipped.)
+fn heading_ids(text: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        let Some(title) = line.strip_prefix('#').filter(|_| !in_code) else {
+            continue;
+        };
+        let title = title.trim_start_matches('#').trim();
+        ids.push(
+            title
+                .chars()
+                .filter_map(|c| match c {
+                    c if c.is_alphanumeric() || c == '_' || c == '-' => {
+                        Some(c.to_ascii_lowercase())
+                    }
+                    c if c.is_whitespace() => Some('-'),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    ids
+}
+
 #[test]
 fn every_chapter_and_picture_exists() {
     let src = workspace().join("docs/src");
@@ -397,17 +426,34 @@ fn every_chapter_and_picture_exists() {
             for (at, _) in line.match_indices("](") {
                 let rest = &line[at + 2..];
                 let Some(end) = rest.find(')') else { continue };
-                let target = rest[..end].split('#').next().unwrap_or("");
-                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                let (target, fragment) = match rest[..end].split_once('#') {
+                    Some((target, fragment)) => (target, Some(fragment)),
+                    None => (&rest[..end], None),
+                };
+                if target.contains("://") || target.starts_with("mailto:") {
                     continue;
                 }
-                let file = page.parent().unwrap_or(&src).join(target);
+                let file = match target {
+                    "" => page.clone(),
+                    _ => page.parent().unwrap_or(&src).join(target),
+                };
                 if !file.exists() {
                     problems.push(format!(
                         "{}:{}: links to {target}, which does not exist",
                         page.display(),
                         index + 1
                     ));
+                } else if let Some(fragment) = fragment
+                    && file.extension().is_some_and(|ext| ext == "md")
+                {
+                    let text = fs::read_to_string(&file).expect("read a chapter");
+                    if !heading_ids(&text).iter().any(|id| id == fragment) {
+                        problems.push(format!(
+                            "{}:{}: links to {target}#{fragment}, a heading that does not exist",
+                            page.display(),
+                            index + 1
+                        ));
+                    }
                 }
             }
         }
@@ -452,6 +498,9 @@ fn the_parsers_find_what_they_should() {
         assert_eq!((*line, name.as_str()), (want_line, want_name));
         assert_eq!(args, &want_args);
     }
+
+    let ids = heading_ids("# I/O with `select`\n```sh\n# not a heading\n```\n### Phase 1: wait\n");
+    assert_eq!(ids, ["io-with-select", "phase-1-wait"]);
 
     assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
     assert!(is_real("select") && !is_real("no-such-crate"));
