@@ -739,6 +739,80 @@ pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     assert_eq!(checked, total, "reply length");
 }
 
+/// Descriptors the process holds open, from /proc/PID/fd.
+pub fn open_descriptors(pid: Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Clients that leave while their output is backed up. Each sends without reading until the
+/// server stops reading it (back-pressure: its reading is paused, and only its writing is
+/// waited for), then leaves the way a real client does: half of them with a reset (SO_LINGER
+/// 0), the others with a half-close and then a close without reading their reply, which also
+/// sends a reset, since the unread reply is in their buffer. The server must notice every one
+/// and close it: its descriptor count comes back to where it was, and it goes on serving.
+pub fn leaving_while_back_pressured(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let pid = server.pid();
+    // The baseline, taken once a client has come and gone (so every lazy set-up is done): when
+    // that client reads end-of-file, the server has closed its end.
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"first"), b"FIRST");
+    first.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut first), b"");
+    let baseline = open_descriptors(pid);
+
+    for i in 0..4 {
+        let mut c = server.connect();
+        // A write that cannot finish in 200 ms: the server has stopped reading this client.
+        c.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(Instant::now() < deadline, "client {i} never stalled");
+            match c.write(&chunk) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("client {i}: write: {e}"),
+            }
+        }
+        if i % 2 == 0 {
+            reset_on_close(&c);
+        } else {
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+        drop(c);
+    }
+
+    // Nothing to read a reply from: watch the server's descriptor table instead.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let open = open_descriptors(pid);
+        if open <= baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors still open for clients that left while back-pressured \
+             ({open} open, {baseline} before)",
+            open - baseline
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut late = server.connect();
+    assert_eq!(round_trip(&mut late, b"still here?"), b"STILL HERE?");
+    server.interrupt().assert_clean();
+}
+
 /// The lecture's own client loop, in Python as the lecture writes it: read a line, skip it if
 /// empty, send it *without* a newline, print what one `recv(1024)` returns. Every echo server
 /// must work with it, since students will try it.

@@ -26,3 +26,13 @@ fn idle_is_quiet_level() {
 fn idle_is_quiet_edge() {
     conformance::idle_is_quiet(env!("CARGO_BIN_EXE_epoll"), &["--edge"], 1_000);
 }
+
+#[test]
+fn leaving_while_back_pressured_level() {
+    conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_epoll"), &[]);
+}
+
+#[test]
+fn leaving_while_back_pressured_edge() {
+    conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_epoll"), &["--edge"]);
+}

@@ -56,3 +56,8 @@ fn sleep_cools_the_core() {
         "{share:.2} of a core with 20 idle clients and a 50 ms nap per pass"
     );
 }
+
+#[test]
+fn leaving_while_back_pressured() {
+    conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_nonblocking"), &[]);
+}

@@ -45,10 +45,12 @@ const BUF_SIZE: usize = 4096;
 /// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
 
-/// `si_band` bits that send us to `read` (an error or a hang-up shows up there too) ...
+/// `si_band` bits that send us to `read` ...
 const READABLE: c_long = (POLLIN | POLLERR | POLLHUP) as c_long;
-/// ... and to `write`. A rescan, knowing nothing, tries both.
-const WRITABLE: c_long = POLLOUT as c_long;
+/// ... and to `write`. An error or a hang-up sends us to both, so that the read or the write
+/// reports it: a client whose reading is paused (back-pressure, or after its EOF) only writes,
+/// and its reset raises no other signal. A rescan, knowing nothing, tries both.
+const WRITABLE: c_long = (POLLOUT | POLLERR | POLLHUP) as c_long;
 
 /// Plain SIGIOs received: the signal queue overflowed and every socket was tried.
 static OVERFLOWS: Counter = Counter::new();

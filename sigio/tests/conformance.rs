@@ -15,3 +15,8 @@ fn idle_is_quiet() {
 fn out_of_descriptors() {
     conformance::out_of_descriptors(env!("CARGO_BIN_EXE_sigio"), &[]);
 }
+
+#[test]
+fn leaving_while_back_pressured() {
+    conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_sigio"), &[]);
+}
