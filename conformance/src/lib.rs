@@ -468,6 +468,53 @@ pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
     server.stop_with(Signal::SIGTERM).assert_clean();
 }
 
+/// Ctrl-C under steady load. Eight clients send and read without a pause, so that each wait
+/// finds a socket ready at once and never sleeps. The server must still stop promptly, with
+/// its summary. (A pselect, ppoll or epoll_pwait that does not sleep does not let the blocked
+/// signal in: a loop that counts on its EINTR alone keeps serving for as long as the load lasts.)
+pub fn stop_under_load(bin: &str, args: &[&str]) {
+    let _turn = heavy_lock(); // keeps both cores busy: not beside the other big tests
+    let server = Server::start(bin, args);
+    let echoed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..8 {
+        let mut writer = server.connect();
+        assert_eq!(round_trip(&mut writer, b"go"), b"GO");
+        let mut reader = writer.try_clone().unwrap();
+        let echoed = Arc::clone(&echoed);
+        // Both end when the server closes the connection (EOF, reset or broken pipe).
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                echoed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        thread::spawn(move || {
+            let chunk = vec![b'l'; 64 * 1024];
+            while writer.write_all(&chunk).is_ok() {}
+        });
+    }
+    // The load is on once 32 MiB have come back.
+    let deadline = Instant::now() + PATIENCE;
+    while echoed.load(std::sync::atomic::Ordering::Relaxed) < 32 << 20 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let signalled = Instant::now();
+    let stopped = server.interrupt();
+    stopped.assert_clean();
+    assert!(
+        stopped.stderr.contains("stopped by SIGINT"),
+        "{}",
+        stopped.stderr
+    );
+    // Generous: a healthy server stops within one pass of its loop.
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?} to stop under load"
+    );
+}
+
 /// An address already in use ends the server at once with one line that says what to do.
 pub fn address_in_use(bin: &str, args: &[&str]) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -173,6 +173,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("epoll_wait"),
         };
+        // A wait that finds a socket ready at once returns without letting a Ctrl-C in: it
+        // stays pending, blocked. Under steady load that is every wait, so ask after each one.
+        if support::stop_pending() {
+            break;
+        }
         let ready = &events[..n];
         trace!(
             "epoll_wait: {n} ready of {} watched:{}",

@@ -36,3 +36,8 @@ fn leaving_while_back_pressured_level() {
 fn leaving_while_back_pressured_edge() {
     conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_epoll"), &["--edge"]);
 }
+
+#[test]
+fn stop_under_load_level() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_epoll"), &[]);
+}

@@ -61,3 +61,8 @@ fn sleep_cools_the_core() {
 fn leaving_while_back_pressured() {
     conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_nonblocking"), &[]);
 }
+
+#[test]
+fn stop_under_load() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_nonblocking"), &[]);
+}

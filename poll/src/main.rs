@@ -133,6 +133,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("poll"),
         }
+        // A wait that finds a socket ready at once returns without letting a Ctrl-C in: it
+        // stays pending, blocked. Under steady load that is every wait, so ask after each one.
+        if support::stop_pending() {
+            break;
+        }
         STATS.wakeups.add(1);
         // POLLHUP and POLLERR come back whether asked for or not: count them as readable, so
         // that the read reports the EOF or the error; ignored, they would make every poll

@@ -128,6 +128,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("select"),
         }
+        // A wait that finds a socket ready at once returns without letting a Ctrl-C in: it
+        // stays pending, blocked. Under steady load that is every wait, so ask after each one.
+        if support::stop_pending() {
+            break;
+        }
         STATS.wakeups.add(1);
         let listener_ready = readfds.contains(listener.as_fd());
         let ready: Vec<(bool, bool)> = clients

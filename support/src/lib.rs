@@ -169,6 +169,7 @@ extern "C" fn on_stop_signal(signal: nix::libc::c_int) {
 /// delivered, the wait fails with EINTR, and the loop sees [`stop_requested`]. With a plain
 /// `select` the signal could land between checking the flag and starting to wait, and the
 /// server would sleep on until the next client came: the race `pselect` was invented to close.
+/// But the signal gets in only if the wait *sleeps*: see [`stop_pending`] for the busy case.
 pub fn catch_signals() -> anyhow::Result<SigSet> {
     let action = SigAction::new(
         SigHandler::Handler(on_stop_signal),
@@ -192,6 +193,28 @@ pub fn catch_signals() -> anyhow::Result<SigSet> {
     Ok(wait_mask)
 }
 // ANCHOR_END: catch_signals
+
+// ANCHOR: stop_pending
+/// For event loops, after every wait that returned: is SIGINT or SIGTERM pending, still
+/// blocked? Linux lets a signal in through the wait's mask only while the wait sleeps. A
+/// `pselect`, `ppoll` or `epoll_pwait` that finds a descriptor ready at once returns it and
+/// puts the blocking mask back, and the signal stays pending: under steady load every wait
+/// finds one, and the server would never stop. So ask (`sigpending`), and record the signal
+/// for [`stop_requested`].
+pub fn stop_pending() -> bool {
+    let mut pending = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills in the set it is given, which has room for one.
+    if unsafe { nix::libc::sigpending(pending.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: sigpending succeeded, so the set is initialised.
+    let pending = unsafe { SigSet::from_sigset_t_unchecked(pending.assume_init()) };
+    let signal = [Signal::SIGINT, Signal::SIGTERM]
+        .into_iter()
+        .find(|&s| pending.contains(s));
+    signal.map(record_stop).is_some()
+}
+// ANCHOR_END: stop_pending
 
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
