@@ -469,9 +469,11 @@ pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
 }
 
 /// Ctrl-C under steady load. Eight clients send and read without a pause, so that each wait
-/// finds a socket ready at once and never sleeps. The server must still stop promptly, with
-/// its summary. (A pselect, ppoll or epoll_pwait that does not sleep does not let the blocked
-/// signal in: a loop that counts on its EINTR alone keeps serving for as long as the load lasts.)
+/// finds a socket ready at once and never sleeps. Each newcomer must still be served beside
+/// them (a loop that reads a client until it would block never leaves one that sends as fast
+/// as it reads), and the server must still stop promptly, with its summary (a pselect, ppoll or
+/// epoll_pwait that does not sleep does not let the blocked signal in: a loop that counts on
+/// its EINTR alone keeps serving for as long as the load lasts).
 pub fn stop_under_load(bin: &str, args: &[&str]) {
     let _turn = heavy_lock(); // keeps both cores busy: not beside the other big tests
     let server = Server::start(bin, args);
@@ -499,6 +501,8 @@ pub fn stop_under_load(bin: &str, args: &[&str]) {
         assert!(Instant::now() < deadline, "the load never got going");
         thread::sleep(Duration::from_millis(10));
     }
+    let mut newcomer = server.connect();
+    assert_eq!(round_trip(&mut newcomer, b"me too"), b"ME TOO");
     let signalled = Instant::now();
     let stopped = server.interrupt();
     stopped.assert_clean();

@@ -41,6 +41,9 @@ use support::{Counter, STATS, say, trace};
 const BUF_SIZE: usize = 4096;
 /// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
+/// Edge-triggered, reads per event at most, so that a client that sends as fast as we read
+/// cannot keep the loop to itself (see phase 4).
+const READS_PER_EVENT: usize = 16;
 /// Events fetched per wait; more stay on the kernel's ready list for the next wait.
 const MAX_EVENTS: usize = 1024;
 /// The listener's key in event data. Clients' keys count up from 0 and never reach it.
@@ -218,11 +221,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 flush(client);
             }
             // Edge-triggered, read until a read says WouldBlock (or EOF or back-pressure stops
-            // us); level-triggered, once is enough: the next wait reports what is left. (A
-            // client that sends as fast as we read keeps an edge-triggered server here; servers
-            // that mind cap the reads per event and keep their own list of the unfinished.)
-            while client.readable && client.wants_read() {
+            // us), or READS_PER_EVENT reads: a client that sends as fast as we read would keep
+            // the loop here for ever, every other client and Ctrl-C waiting. Level-triggered,
+            // once is enough: the next wait reports what is left.
+            let mut reads = 0;
+            while client.readable && client.wants_read() && reads < READS_PER_EVENT {
                 handle_client_data(client, &mut buf);
+                reads += 1;
                 if !drain {
                     break; // --read-once with --edge: the rest waits for an edge that never comes
                 }
@@ -238,10 +243,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let Some(client) = clients.get_mut(&key) else {
                 continue;
             };
-            // Level-triggered only (edge-triggered interest never changes): one epoll_ctl when
-            // reading or writing is switched on or off, none on the passes in between.
+            // Level-triggered: one epoll_ctl when reading or writing is switched on or off, none
+            // on the passes in between. Edge-triggered interest never changes, but a client cut
+            // short by READS_PER_EVENT still has input that no new edge will announce:
+            // epoll_ctl(MOD) makes the kernel look at it again and put it back on the ready list,
+            // behind the others, so the next wait returns at once with it.
             let wanted = client.wanted(edge);
-            if !client.finished() && wanted != client.interest {
+            let cut_short = drain && client.readable && client.wants_read();
+            if !client.finished() && (wanted != client.interest || cut_short) {
                 MODIFIES.add(1);
                 match epoll.modify(&client.stream, &mut EpollEvent::new(wanted, key)) {
                     Ok(()) => {

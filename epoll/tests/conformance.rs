@@ -41,3 +41,8 @@ fn leaving_while_back_pressured_edge() {
 fn stop_under_load_level() {
     conformance::stop_under_load(env!("CARGO_BIN_EXE_epoll"), &[]);
 }
+
+#[test]
+fn stop_under_load_edge() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_epoll"), &["--edge"]);
+}

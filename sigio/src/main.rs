@@ -24,7 +24,7 @@
 // Elsewhere, only `run`'s refusal is compiled; the rest of the file is the Linux model.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
@@ -44,6 +44,9 @@ use support::{Counter, STATS, say, trace};
 const BUF_SIZE: usize = 4096;
 /// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
+/// Reads per signal at most, so that a client that sends as fast as we read cannot keep the
+/// loop to itself (see `unfinished`).
+const READS_PER_EVENT: usize = 16;
 
 /// `si_band` bits that send us to `read` ...
 const READABLE: c_long = (POLLIN | POLLERR | POLLHUP) as c_long;
@@ -132,6 +135,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     support::announce(&listener)?;
     let mut spare = support::reserve_descriptor();
     let mut clients: HashMap<RawFd, Client> = HashMap::new();
+    // Clients cut short by READS_PER_EVENT: their input may still wait, and its signal has
+    // been taken, so we keep our own list of them.
+    let mut unfinished: HashSet<RawFd> = HashSet::new();
     let mut buf = [0u8; BUF_SIZE];
     // ANCHOR_END: setup
 
@@ -141,18 +147,21 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // sigwaitinfo takes the next one with its siginfo: which descriptor, which event. One
         // signal, one socket: no set to build, and no batch either. All the signals we wait for
         // stay blocked, so none is ever delivered to a handler: Ctrl-C is taken here too (ahead
-        // of queued real-time signals, as the lowest-numbered pending signal goes first).
-        let info = match next_signal(&wait_set) {
-            Ok(info) => info,
+        // of queued real-time signals, as the lowest-numbered pending signal goes first). With
+        // clients left unfinished, it only glances at the queue: they are ready already.
+        let info = match next_signal(&wait_set, unfinished.is_empty()) {
+            Ok(info) => Some(info),
+            Err(Errno::EAGAIN) => None, // nothing queued: on with the unfinished
             Err(Errno::EINTR) => continue, // a stop (SIGSTOP, Ctrl-Z) and SIGCONT end the wait
             Err(e) => return Err(e).context("sigwaitinfo"),
         };
         STATS.wakeups.add(1);
         let mut listener_ready = false;
-        let mut ready: Vec<(RawFd, c_long)> = Vec::new();
-        match info.si_signo {
+        let mut ready: Vec<(RawFd, c_long)> = unfinished.drain().map(|fd| (fd, READABLE)).collect();
+        match info {
+            None => {}
             // From the kernel (si_code is then POLL_IN, POLL_OUT, ...), for one descriptor.
-            signal if signal == io_signal() && info.si_code > 0 => {
+            Some(info) if info.si_signo == io_signal() && info.si_code > 0 => {
                 // SAFETY: a signal sent for O_ASYNC, with F_SETSIG set, fills si_fd and si_band.
                 let (fd, band) = unsafe { (info.si_fd(), info.si_band()) };
                 trace!("signal: fd {fd} {}", band_names(band));
@@ -162,14 +171,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
                     ready.push((fd, band));
                 }
             }
-            libc::SIGINT | libc::SIGTERM => {
+            Some(info) if matches!(info.si_signo, libc::SIGINT | libc::SIGTERM) => {
                 support::record_stop(Signal::try_from(info.si_signo)?);
                 continue;
             }
             // The queue was full (RLIMIT_SIGPENDING) and the kernel sent a plain SIGIO instead:
             // some events are lost and nothing says which. Try every socket, as a poll would.
             // (Also a real-time signal sent by hand, `kill -SIGRTMIN+1`, which names nothing.)
-            _ => {
+            Some(_) => {
                 OVERFLOWS.add(1);
                 trace!(
                     "SIGIO: signal queue overflowed; rescanning all {} clients",
@@ -188,6 +197,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
         // Phase 3: read and write, on the sockets the signals named, each until it would block:
         // a signal reports a change once, and no later one repeats it for bytes still waiting.
+        // (Reading stops sooner after READS_PER_EVENT reads; the client is then unfinished.)
         for &(fd, band) in &ready {
             // Queued before its client closed: the descriptor is gone, or, reused, belongs to a
             // newer client, whose calls then just answer would-block.
@@ -202,8 +212,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             // A flush that brought a paused client back under MAX_PENDING reads at once: the
             // bytes waiting in its socket raised their signal while it was paused, and no other
             // will come for them.
-            if band & READABLE != 0 || (paused && client.wants_read()) {
-                handle_client_data(client, &mut buf);
+            if (band & READABLE != 0 || (paused && client.wants_read()))
+                && handle_client_data(client, &mut buf)
+            {
+                unfinished.insert(fd);
             }
         }
 
@@ -294,9 +306,13 @@ fn handle_new_connection(
 
 // ANCHOR: handle_client_data
 /// Reads from a client until its socket is empty (or it is backed up), queues the upper-cased
-/// bytes, and writes what it can.
-fn handle_client_data(client: &mut Client, buf: &mut [u8]) {
-    while client.wants_read() {
+/// bytes, and writes what it can. Stops after READS_PER_EVENT reads all the same, and then
+/// answers true: input may still be waiting, and no signal will come for it.
+fn handle_client_data(client: &mut Client, buf: &mut [u8]) -> bool {
+    for _ in 0..READS_PER_EVENT {
+        if !client.wants_read() {
+            return false;
+        }
         STATS.calls.add(1);
         match client.stream.read(buf) {
             // EOF: the client will send no more. Flush what we owe, then close.
@@ -310,12 +326,13 @@ fn handle_client_data(client: &mut Client, buf: &mut [u8]) {
             // Empty: the next bytes will raise the next signal.
             Err(e) if support::would_block(&e) => {
                 STATS.would_block.add(1);
-                break;
+                return false;
             }
             Err(e) if support::interrupted(&e) => {}
             Err(e) => client.fail(e),
         }
     }
+    client.wants_read()
 }
 // ANCHOR_END: handle_client_data
 
@@ -390,14 +407,22 @@ fn block_signals() -> nix::Result<SigSet> {
     Ok(set)
 }
 
-/// Takes the next pending signal of `set` (sleeping until there is one), with its siginfo.
-/// Not nix's `SigSet::wait`, which is sigwait and keeps only the signal's number; not a
-/// signalfd either, which would turn the signals back into a descriptor to wait on.
+/// Takes the next pending signal of `set`, with its siginfo: sleeping until there is one
+/// (sigwaitinfo), or, if `sleep` is false, failing with EAGAIN at once if there is none
+/// (sigtimedwait with a zero timeout). Not nix's `SigSet::wait`, which is sigwait and keeps
+/// only the signal's number; not a signalfd either, which would turn the signals back into a
+/// descriptor to wait on.
 #[cfg(target_os = "linux")]
-fn next_signal(set: &SigSet) -> nix::Result<libc::siginfo_t> {
+fn next_signal(set: &SigSet, sleep: bool) -> nix::Result<libc::siginfo_t> {
     let mut info = MaybeUninit::<libc::siginfo_t>::uninit();
-    // SAFETY: `set` is a valid sigset_t and `info` has room for the answer.
-    Errno::result(unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) })?;
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let timeout = if sleep { std::ptr::null() } else { &zero };
+    // SAFETY: `set` is a valid sigset_t, `info` has room for the answer, and `timeout` is null
+    // (no limit) or points to `zero`, which outlives the call.
+    Errno::result(unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), timeout) })?;
     // SAFETY: sigwaitinfo succeeded, so it filled `info`.
     Ok(unsafe { info.assume_init() })
 }

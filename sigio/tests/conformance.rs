@@ -20,3 +20,8 @@ fn out_of_descriptors() {
 fn leaving_while_back_pressured() {
     conformance::leaving_while_back_pressured(env!("CARGO_BIN_EXE_sigio"), &[]);
 }
+
+#[test]
+fn stop_under_load() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_sigio"), &[]);
+}
