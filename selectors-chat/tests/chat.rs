@@ -176,6 +176,26 @@ fn nick_who_unknown_and_quit() {
 }
 
 #[test]
+fn nick_to_ones_own_name_in_another_case() {
+    let server = Server::start(BIN, &[]);
+    let mut a = Member::join(&server);
+    let mut b = Member::join(&server);
+    a.until(&format!("* {} joined", b.name));
+    // One's own name is not "taken": the same name is a no-op, another case is a rename.
+    let own = a.name.clone();
+    a.send(format!("/nick {own}\n").as_bytes());
+    assert_eq!(a.line(), format!("* you are already {own}"));
+    let upper = own.to_uppercase();
+    a.send(format!("/nick {upper}\n").as_bytes());
+    let renamed = format!("* {own} is now {upper}");
+    assert_eq!(a.line(), renamed);
+    // The other member saw the rename only, and still cannot take the name in any case.
+    assert_eq!(b.line(), renamed);
+    b.send(format!("/nick {own}\n").as_bytes());
+    assert_eq!(b.line(), format!("! name {own} is taken"));
+}
+
+#[test]
 fn a_line_too_long_closes_only_its_sender() {
     let server = Server::start(BIN, &[]);
     let mut a = Member::join(&server);
