@@ -468,6 +468,45 @@ pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
     server.stop_with(Signal::SIGTERM).assert_clean();
 }
 
+/// Ctrl-C stops a busy server too. Four clients keep it busy (a descriptor is ready at every
+/// wait) sending `line` over and over and reading all they get; SIGINT must still end it
+/// cleanly. A masked wait (pselect, ppoll, epoll_pwait) that finds descriptors ready returns at
+/// once and leaves the signal pending: a loop that only meets Ctrl-C as EINTR never stops.
+pub fn interrupt_under_load(bin: &str, args: &[&str], line: &[u8]) {
+    let server = Server::start(bin, args);
+    let (flowing, started) = std::sync::mpsc::channel();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut writer = server.connect();
+        let mut reader = writer.try_clone().unwrap();
+        let flowing = flowing.clone();
+        load.push(thread::spawn(move || {
+            let (mut buf, mut total) = (vec![0u8; 64 * 1024], 0);
+            // Until EOF or an error: the server's exit ends it either way.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                total += n;
+                if total >= 1 << 20 {
+                    let _ = flowing.send(());
+                }
+            }
+        }));
+        let burst = line.repeat(64 * 1024 / line.len().max(1));
+        load.push(thread::spawn(
+            move || {
+                while writer.write_all(&burst).is_ok() {}
+            },
+        ));
+    }
+    // The load is flowing once every client has had a MiB back.
+    for _ in 0..4 {
+        started.recv_timeout(PATIENCE).expect("replies under load");
+    }
+    server.interrupt().assert_clean();
+    for t in load {
+        t.join().unwrap();
+    }
+}
+
 /// An address already in use ends the server at once with one line that says what to do.
 pub fn address_in_use(bin: &str, args: &[&str]) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

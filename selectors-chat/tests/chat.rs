@@ -325,3 +325,10 @@ fn sigint_summary_names_the_selector() {
         );
     }
 }
+
+#[test]
+fn interrupt_under_load() {
+    for selector in ["epoll", "poll", "select"] {
+        conformance::interrupt_under_load(BIN, &["--selector", selector], b"busy\n");
+    }
+}
