@@ -820,6 +820,67 @@ mod tests {
         }
     }
 
+    /// Blocks SIGUSR1 in this thread, with a handler that records it; returns the wait mask
+    /// that lets it in, and the mask to restore.
+    fn catch_usr1() -> (SigSet, SigSet) {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, Signal, sigaction};
+        extern "C" fn on_usr1(_: libc::c_int) {
+            CAUGHT.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(on_usr1),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing but an atomic store.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
+        let mut usr1 = SigSet::empty();
+        usr1.add(Signal::SIGUSR1);
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr1), Some(&mut old)).unwrap();
+        let mut wait_mask = old;
+        wait_mask.remove(Signal::SIGUSR1);
+        (wait_mask, old)
+    }
+
+    static CAUGHT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Sends SIGUSR1 to this thread (blocked: it stays pending), then runs `select`.
+    fn select_with_usr1_pending(kind: Kind, ready: bool) -> (usize, bool) {
+        use std::sync::atomic::Ordering;
+        // One test at a time: CAUGHT is shared.
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let (wait_mask, old) = catch_usr1();
+        let mut sel = Selector::new(kind, Some(wait_mask)).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        // A fresh socket is writable at once, never readable here.
+        let events = if ready { Events::WRITE } else { Events::READ };
+        sel.register(&a, events, ()).unwrap();
+        CAUGHT.store(false, Ordering::SeqCst);
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1).unwrap();
+        let n = sel.select(Some(Duration::from_secs(10))).unwrap().len();
+        let caught = CAUGHT.load(Ordering::SeqCst);
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        (n, caught)
+    }
+
+    #[test]
+    fn an_interrupted_wait_answers_nothing() {
+        for kind in kinds() {
+            let started = std::time::Instant::now();
+            assert_eq!(select_with_usr1_pending(kind, false), (0, true), "{kind:?}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_signal_is_let_in_even_when_descriptors_are_ready() {
+        for kind in kinds() {
+            assert_eq!(select_with_usr1_pending(kind, true), (1, true), "{kind:?}");
+        }
+    }
+
     #[test]
     fn select_refuses_past_fd_setsize() {
         conformance::raise_descriptor_limit();
