@@ -334,7 +334,7 @@ impl<T: Clone> Selector<T> {
             Err(Errno::EINTR) => return Ok(Vec::new()), // a signal: the caller's loop decides
             Err(e) => return Err(e.into()),
         };
-        // Descriptors were ready, so a pending Ctrl-C was not let in: let it in now.
+        // No EINTR: a Ctrl-C already pending when descriptors were ready is pending still.
         if let Some(mask) = &self.wait_mask {
             deliver_pending(mask)?;
         }
