@@ -547,9 +547,9 @@ mod epoll {
     ) -> nix::Result<Ready> {
         // Room for every registered descriptor, so one wait reports all that are ready.
         let mut events = vec![EpollEvent::empty(); registered.max(1)];
-        // Rounded up, so that a 0.5 ms timeout waits rather than spins.
+        // Rounded up, so that a 0.5 ms (or 1 ns) timeout waits rather than spins.
         let ms = timeout.map_or(-1, |t| {
-            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
         });
         let mask_ptr = mask
             .as_ref()
@@ -818,6 +818,24 @@ mod tests {
             );
             assert!(started.elapsed() >= Duration::from_millis(25), "{kind:?}");
         }
+    }
+
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn epoll_rounds_a_timeout_under_a_millisecond_up() {
+        let mut sel: Selector<()> = Selector::new(Kind::Epoll, None).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        sel.register(&a, Events::READ, ()).unwrap();
+        // epoll counts in milliseconds: 1 ns must become 1 ms, not 0 (which would spin).
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(
+                sel.select(Some(Duration::from_nanos(1)))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        assert!(started.elapsed() >= Duration::from_millis(10));
     }
 
     /// Blocks SIGUSR1 in this thread, with a handler that records it; returns the wait mask
