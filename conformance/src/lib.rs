@@ -485,7 +485,7 @@ pub fn interrupt_under_load(bin: &str, args: &[&str], line: &[u8]) {
             // Until EOF or an error: the server's exit ends it either way.
             while let Ok(n @ 1..) = reader.read(&mut buf) {
                 total += n;
-                if total >= 1 << 20 {
+                if total >= 1 << 20 && total - n < 1 << 20 {
                     let _ = flowing.send(());
                 }
             }
@@ -497,10 +497,9 @@ pub fn interrupt_under_load(bin: &str, args: &[&str], line: &[u8]) {
             },
         ));
     }
-    // The load is flowing once every client has had a MiB back.
-    for _ in 0..4 {
-        started.recv_timeout(PATIENCE).expect("replies under load");
-    }
+    // The load is flowing once a client has had a MiB back. (Not all four need to: a chat room
+    // may cut off a member that falls behind the others.)
+    started.recv_timeout(PATIENCE).expect("replies under load");
     server.interrupt().assert_clean();
     for t in load {
         t.join().unwrap();
