@@ -170,7 +170,7 @@ fn accept(chat: &mut Chat, _fd: RawFd, _events: Events) {
         let name = loop {
             let name = format!("guest-{}", chat.next_guest);
             chat.next_guest += 1;
-            if !chat.name_taken(&name) {
+            if !chat.name_taken(&name, None) {
                 break name;
             }
         };
@@ -289,7 +289,8 @@ impl Chat {
             "/nick" if !valid_name(arg) => {
                 "! invalid name: use 1 to 32 letters, digits, '_' or '-'".to_owned()
             }
-            "/nick" if self.name_taken(arg) => format!("! name {arg} is taken"),
+            "/nick" if self.name_taken(arg, Some(fd)) => format!("! name {arg} is taken"),
+            "/nick" if self.clients[&fd].name == arg => format!("* you are already {arg}"),
             "/nick" => {
                 let client = self.clients.get_mut(&fd).expect("the caller found it");
                 let old = std::mem::replace(&mut client.name, arg.to_owned());
@@ -328,12 +329,13 @@ impl Chat {
         }
     }
 
-    /// Is `name` someone's, ignoring case (so that nobody can pass for "Ann" as "ann")?
-    fn name_taken(&self, name: &str) -> bool {
+    /// Is `name` someone's, ignoring case (so that nobody can pass for "Ann" as "ann")? The
+    /// asker's own name does not count: "ann" may become "Ann".
+    fn name_taken(&self, name: &str, asker: Option<RawFd>) -> bool {
         let name = name.to_lowercase();
         self.clients
-            .values()
-            .any(|c| c.in_room() && c.name.to_lowercase() == name)
+            .iter()
+            .any(|(&fd, c)| Some(fd) != asker && c.in_room() && c.name.to_lowercase() == name)
     }
 
     /// One line to one client.

@@ -28,7 +28,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::select::{FD_SETSIZE, FdSet};
-use nix::sys::signal::SigSet;
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use nix::sys::time::TimeSpec;
 
 /// Readiness a caller can ask for: [`Events::READ`], [`Events::WRITE`], or both (`READ | WRITE`).
@@ -161,7 +161,10 @@ pub struct Selector<T> {
 // Ctrl-C, one approach for all four: the caller blocks SIGINT/SIGTERM outside the wait
 // (`support::catch_signals`), and every wait unblocks them atomically for its own duration:
 // epoll_pwait, ppoll, pselect. A signal that arrives while the loop is busy stays pending and
-// interrupts the very next wait, so none is lost between "check the flag" and "go to sleep".
+// interrupts the next wait that would sleep, so none is lost between "check the flag" and "go
+// to sleep". But a wait that finds descriptors ready returns them at once, and Linux then puts
+// the mask back with the signal still pending: a server that always has a ready client would
+// never stop. So after such a wait, `deliver_pending` looks for a pending signal and lets it in.
 // kqueue has no masked wait; instead it watches the blocked signals with EVFILT_SIGNAL (which
 // fires although they are blocked) and, when one fires, unblocks them for a moment so that the
 // handler runs. Only poll on a system without ppoll (macOS) has to open the mask around a plain
@@ -331,6 +334,10 @@ impl<T: Clone> Selector<T> {
             Err(Errno::EINTR) => return Ok(Vec::new()), // a signal: the caller's loop decides
             Err(e) => return Err(e.into()),
         };
+        // No EINTR: a Ctrl-C already pending when descriptors were ready is pending still.
+        if let Some(mask) = &self.wait_mask {
+            deliver_pending(mask)?;
+        }
         // Mask each answer with what was asked: a hang-up reported as "readable and writable"
         // must not wake a key that only asked to read with a WRITE it never wanted.
         Ok(ready
@@ -354,6 +361,24 @@ fn not_registered(fd: RawFd) -> io::Error {
         io::ErrorKind::NotFound,
         format!("descriptor {fd} is not registered"),
     )
+}
+
+/// Runs the handler of any pending signal that `wait_mask` lets in, as the wait would have:
+/// installs the mask for a moment (POSIX delivers an unblocked pending signal before
+/// pthread_sigmask returns), but only if `sigpending` shows one, so a busy loop pays one call.
+fn deliver_pending(wait_mask: &SigSet) -> nix::Result<()> {
+    // nix 0.32 has no sigpending, so this one call goes to libc.
+    let mut raw: libc::sigset_t = *SigSet::empty().as_ref();
+    // SAFETY: `raw` is an initialised sigset_t that sigpending overwrites with the pending set.
+    Errno::result(unsafe { libc::sigpending(&mut raw) })?;
+    // SAFETY: `raw` was initialised by sigemptyset (SigSet::empty), then filled by sigpending.
+    let pending = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    if pending.iter().all(|signal| wait_mask.contains(signal)) {
+        return Ok(()); // nothing pending, or nothing the wait would let in
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(wait_mask), Some(&mut old))?;
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
 }
 
 /// Descriptors the kernel found ready, with what they are ready for (not yet masked).
@@ -435,7 +460,6 @@ fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>, mask: Option<SigSet>) ->
 )))]
 fn ppoll(fds: &mut [PollFd], timeout: Option<Duration>, mask: Option<SigSet>) -> nix::Result<()> {
     use nix::poll::PollTimeout;
-    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
     let limit = |t: Duration| PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX);
     let Some(mask) = mask else {
         return nix::poll::poll(fds, timeout.map_or(PollTimeout::NONE, limit)).map(drop);
@@ -523,9 +547,9 @@ mod epoll {
     ) -> nix::Result<Ready> {
         // Room for every registered descriptor, so one wait reports all that are ready.
         let mut events = vec![EpollEvent::empty(); registered.max(1)];
-        // Rounded up, so that a 0.5 ms timeout waits rather than spins.
+        // Rounded up, so that a 0.5 ms (or 1 ns) timeout waits rather than spins.
         let ms = timeout.map_or(-1, |t| {
-            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
         });
         let mask_ptr = mask
             .as_ref()
@@ -572,9 +596,9 @@ mod kqueue {
     use std::time::Duration;
 
     use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    use nix::sys::signal::{SigSet, Signal};
 
-    use super::{Events, Ready};
+    use super::{Events, Ready, deliver_pending};
 
     /// A kqueue that also reports the signals the caller blocks outside its waits.
     pub fn new(wait_mask: Option<&SigSet>) -> nix::Result<Kqueue> {
@@ -650,14 +674,6 @@ mod kqueue {
             *entry = *entry | events;
         }
         Ok(ready.into_iter().collect())
-    }
-
-    /// Installs the wait mask and restores the blocking one: POSIX delivers a pending unblocked
-    /// signal before pthread_sigmask returns, so the handler has run when this returns.
-    fn deliver_pending(wait_mask: &SigSet) -> nix::Result<()> {
-        let mut old = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(wait_mask), Some(&mut old))?;
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
     }
 }
 
@@ -801,6 +817,85 @@ mod tests {
                     .is_empty()
             );
             assert!(started.elapsed() >= Duration::from_millis(25), "{kind:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn epoll_rounds_a_timeout_under_a_millisecond_up() {
+        let mut sel: Selector<()> = Selector::new(Kind::Epoll, None).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        sel.register(&a, Events::READ, ()).unwrap();
+        // epoll counts in milliseconds: 1 ns must become 1 ms, not 0 (which would spin).
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(
+                sel.select(Some(Duration::from_nanos(1)))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        assert!(started.elapsed() >= Duration::from_millis(10));
+    }
+
+    /// Blocks SIGUSR1 in this thread, with a handler that records it; returns the wait mask
+    /// that lets it in, and the mask to restore.
+    fn catch_usr1() -> (SigSet, SigSet) {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, Signal, sigaction};
+        extern "C" fn on_usr1(_: libc::c_int) {
+            CAUGHT.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(on_usr1),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing but an atomic store.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
+        let mut usr1 = SigSet::empty();
+        usr1.add(Signal::SIGUSR1);
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr1), Some(&mut old)).unwrap();
+        let mut wait_mask = old;
+        wait_mask.remove(Signal::SIGUSR1);
+        (wait_mask, old)
+    }
+
+    static CAUGHT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Sends SIGUSR1 to this thread (blocked: it stays pending), then runs `select`.
+    fn select_with_usr1_pending(kind: Kind, ready: bool) -> (usize, bool) {
+        use std::sync::atomic::Ordering;
+        // One test at a time: CAUGHT is shared.
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let (wait_mask, old) = catch_usr1();
+        let mut sel = Selector::new(kind, Some(wait_mask)).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        // A fresh socket is writable at once, never readable here.
+        let events = if ready { Events::WRITE } else { Events::READ };
+        sel.register(&a, events, ()).unwrap();
+        CAUGHT.store(false, Ordering::SeqCst);
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1).unwrap();
+        let n = sel.select(Some(Duration::from_secs(10))).unwrap().len();
+        let caught = CAUGHT.load(Ordering::SeqCst);
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        (n, caught)
+    }
+
+    #[test]
+    fn an_interrupted_wait_answers_nothing() {
+        for kind in kinds() {
+            let started = std::time::Instant::now();
+            assert_eq!(select_with_usr1_pending(kind, false), (0, true), "{kind:?}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_signal_is_let_in_even_when_descriptors_are_ready() {
+        for kind in kinds() {
+            assert_eq!(select_with_usr1_pending(kind, true), (1, true), "{kind:?}");
         }
     }
 

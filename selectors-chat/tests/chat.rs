@@ -176,6 +176,26 @@ fn nick_who_unknown_and_quit() {
 }
 
 #[test]
+fn nick_to_ones_own_name_in_another_case() {
+    let server = Server::start(BIN, &[]);
+    let mut a = Member::join(&server);
+    let mut b = Member::join(&server);
+    a.until(&format!("* {} joined", b.name));
+    // One's own name is not "taken": the same name is a no-op, another case is a rename.
+    let own = a.name.clone();
+    a.send(format!("/nick {own}\n").as_bytes());
+    assert_eq!(a.line(), format!("* you are already {own}"));
+    let upper = own.to_uppercase();
+    a.send(format!("/nick {upper}\n").as_bytes());
+    let renamed = format!("* {own} is now {upper}");
+    assert_eq!(a.line(), renamed);
+    // The other member saw the rename only, and still cannot take the name in any case.
+    assert_eq!(b.line(), renamed);
+    b.send(format!("/nick {own}\n").as_bytes());
+    assert_eq!(b.line(), format!("! name {own} is taken"));
+}
+
+#[test]
 fn a_line_too_long_closes_only_its_sender() {
     let server = Server::start(BIN, &[]);
     let mut a = Member::join(&server);
@@ -303,5 +323,49 @@ fn sigint_summary_names_the_selector() {
             "no {needle:?} in:\n{}",
             stopped.stderr
         );
+    }
+}
+
+/// Ctrl-C stops a busy room. Four members keep it busy (a descriptor is ready at every wait),
+/// each sending lines over and over and reading every broadcast; SIGINT must still end it
+/// cleanly. A masked wait (pselect, ppoll, epoll_pwait) that finds descriptors ready returns at
+/// once and leaves the signal pending: a loop that meets Ctrl-C only as EINTR never stops.
+/// (The echo servers' version is `conformance::stop_under_load`.)
+#[test]
+fn interrupt_under_load() {
+    for selector in ["epoll", "poll", "select"] {
+        let server = Server::start(BIN, &["--selector", selector]);
+        let (flowing, started) = std::sync::mpsc::channel();
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let mut writer = server.connect();
+            let mut reader = writer.try_clone().unwrap();
+            let flowing = flowing.clone();
+            load.push(thread::spawn(move || {
+                let (mut buf, mut total) = (vec![0u8; 64 * 1024], 0);
+                // Until EOF or an error: the server's exit ends it either way.
+                while let Ok(n @ 1..) = reader.read(&mut buf) {
+                    total += n;
+                    if total >= 1 << 20 && total - n < 1 << 20 {
+                        let _ = flowing.send(());
+                    }
+                }
+            }));
+            let burst = b"busy\n".repeat(64 * 1024 / 5);
+            load.push(thread::spawn(
+                move || {
+                    while writer.write_all(&burst).is_ok() {}
+                },
+            ));
+        }
+        // The load is flowing once a member has had a MiB of broadcasts. (Not all four need
+        // to: the room may cut off a member that falls behind the others.)
+        started
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("broadcasts under load");
+        server.interrupt().assert_clean();
+        for t in load {
+            t.join().unwrap();
+        }
     }
 }

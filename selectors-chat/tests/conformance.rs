@@ -52,3 +52,11 @@ fn select_refuses_past_fd_setsize() {
 fn echo_out_of_descriptors() {
     conformance::out_of_descriptors(env!("CARGO_BIN_EXE_selectors-chat"), &["--echo"]);
 }
+
+#[test]
+fn echo_stop_under_load() {
+    let bin = env!("CARGO_BIN_EXE_selectors-chat");
+    for selector in ["epoll", "poll", "select"] {
+        conformance::stop_under_load(bin, &["--echo", "--selector", selector]);
+    }
+}
