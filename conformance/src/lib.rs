@@ -468,6 +468,46 @@ pub fn sigterm_stops_cleanly(bin: &str, args: &[&str]) {
     server.stop_with(Signal::SIGTERM).assert_clean();
 }
 
+/// SIGINT stops a server that is flat out, not only an idle one. Eight clients each keep the
+/// server's receive buffer full and drain its replies as fast as they come, so whenever the
+/// server asks what is ready, something is: a wait that lets Ctrl-C in only while it sleeps
+/// (a signal mask passed to `pselect`, `ppoll` or `io_uring_enter`) never lets it in. The
+/// clients go on until the server closes their connections.
+pub fn stops_under_load(bin: &str, args: &[&str]) {
+    let server = Server::start(bin, args);
+    let started = Arc::new(std::sync::Barrier::new(8 + 1));
+    let mut threads = Vec::new();
+    for _ in 0..8 {
+        let mut reader = server.connect();
+        let mut writer = reader.try_clone().unwrap();
+        threads.push(thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            while writer.write_all(&chunk).is_ok() {}
+        }));
+        let started = Arc::clone(&started);
+        threads.push(thread::spawn(move || {
+            let (mut buf, mut got) = (vec![0u8; 64 * 1024], 0);
+            while got < 1024 * 1024 {
+                match reader.read(&mut buf) {
+                    Ok(n @ 1..) => got += n,
+                    _ => break,
+                }
+            }
+            started.wait();
+            assert!(
+                got >= 1024 * 1024,
+                "the server closed after echoing {got} bytes"
+            );
+            while let Ok(1..) = reader.read(&mut buf) {}
+        }));
+    }
+    started.wait(); // every client has had 1 MiB back: the server is busy
+    server.interrupt().assert_clean();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 /// An address already in use ends the server at once with one line that says what to do.
 pub fn address_in_use(bin: &str, args: &[&str]) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
