@@ -325,15 +325,18 @@ impl<'a> Op<'a> {
         Ok(Op(request))
     }
 
-    /// The result of a finished request, collected with aio_return; None while it runs.
+    /// The result of a finished request, collected with aio_return; None while it runs. A
+    /// failure is aio_error's answer: aio_return gives only -1, and sets no errno.
     fn reap(&mut self) -> Option<nix::Result<usize>> {
         if !self.0.in_progress() {
             return None;
         }
-        match self.0.as_mut().error() {
-            Err(Errno::EINPROGRESS) => None,
-            _ => Some(self.0.as_mut().aio_return()),
-        }
+        let error = match self.0.as_mut().error() {
+            Err(Errno::EINPROGRESS) => return None,
+            error => error,
+        };
+        let returned = self.0.as_mut().aio_return();
+        Some(error.and(returned))
     }
 }
 

@@ -130,6 +130,28 @@ fn posix_makes_room_for_a_returning_client() {
     assert_eq!(n, 0, "a fifth client was served beside four");
 }
 
+/// `-v` says why a connection ended: a client that resets while the server waits to read from
+/// it is traced with the reset, on both backends (POSIX AIO reports a request's error through
+/// aio_error; aio_return only says -1).
+fn reset_is_traced(args: &[&str]) {
+    let server = Server::start(BIN, args);
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"hi"), b"HI");
+    conformance::reset_on_close(&c);
+    drop(c);
+    server.wait_for_stderr("Connection reset by peer");
+}
+
+#[test]
+fn uring_reset_is_traced() {
+    reset_is_traced(&["--backend", "uring", "-v"]);
+}
+
+#[test]
+fn posix_reset_is_traced() {
+    reset_is_traced(&["--backend", "posix", "-v"]);
+}
+
 /// Descriptors the server has open, from /proc/PID/fd.
 fn open_descriptors(server: &Server) -> usize {
     let dir = format!("/proc/{}/fd", server.pid());
