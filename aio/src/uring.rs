@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{IoUring, cqueue, opcode, squeue};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{SockaddrStorage, getpeername};
 use support::{Counter, STATS, say, trace};
@@ -79,7 +79,7 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // anything. The listener stays blocking: the process never calls accept itself.
     let ring = new_ring(args)?;
     let listener = support::listen(args.common.addr)?;
-    let signals = stop_signals()?;
+    let signals = stop_signal_fd()?;
     support::announce(&listener)?;
     let mut server = Server {
         ring,
@@ -101,7 +101,7 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // ANCHOR: wait
         // Phase 1: submit and wait. One io_uring_enter hands the kernel every operation queued
         // since the last one and sleeps until at least one has completed. Ctrl-C comes back
-        // as a completion too (see `stop_signals`), so the loop sees it however busy it is.
+        // as a completion too (see `stop_signal_fd`), so the loop sees it however busy it is.
         ENTERS.add(1);
         let want = usize::from(server.completions.is_empty());
         match server.ring.submit_and_wait(want) {
@@ -166,8 +166,8 @@ fn new_ring(args: &crate::Args) -> anyhow::Result<IoUring> {
 /// pselect way, a mask that unblocks them during the wait, is not enough here: the kernel
 /// applies it only if io_uring_enter sleeps, and under load there is always a completion
 /// ready, so Ctrl-C would wait for the load to stop.)
-fn stop_signals() -> anyhow::Result<SignalFd> {
-    let set: SigSet = [Signal::SIGINT, Signal::SIGTERM].into_iter().collect();
+fn stop_signal_fd() -> anyhow::Result<SignalFd> {
+    let set = support::stop_signals();
     set.thread_block().context("pthread_sigmask")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("signalfd")
 }

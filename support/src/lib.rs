@@ -193,7 +193,8 @@ pub fn catch_signals() -> anyhow::Result<SigSet> {
 }
 // ANCHOR_END: catch_signals
 
-fn stop_signals() -> SigSet {
+/// SIGINT and SIGTERM: the signals that ask a server to stop.
+pub fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
