@@ -57,7 +57,8 @@ struct Args {
     backend: Backend,
 
     /// posix: glibc AIO helper threads, which is also the most clients served at once (an idle
-    /// client keeps one helper blocked in read); past that, new clients are refused.
+    /// client keeps one helper blocked in read); past that, a new client waits a second for one
+    /// to leave, then is refused.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     threads: u32,
 

@@ -7,12 +7,14 @@
 //!
 //! Design for that: one request outstanding per client (read, then write the reply, then read
 //! again: never a write queued behind a read that may wait for ever), a client admitted only
-//! while a helper is free for it (`--threads`), and glibc told to allow that many helpers.
+//! while a helper is free for it (`--threads`; a newcomer waits a moment for one to leave, then
+//! is refused), and glibc told to allow that many helpers.
 //!
 //! aio_suspend can wait neither for a listener nor, race-free, for a signal (it takes no mask).
 //! So an accept thread and a signal thread turn both into AIO completions: they write a byte to
 //! a pipe on which the loop always has an aio_read outstanding.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -22,15 +24,24 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::errno::Errno;
 use nix::sys::aio::{Aio, AioRead, AioWrite, aio_suspend};
 use nix::sys::signal::{SigSet, SigevNotify};
+use nix::sys::time::TimeSpec;
 use support::{Counter, STATS, say, trace};
 
 /// Bytes read per `aio_read`.
 const BUF_SIZE: usize = 4096;
+
+/// With every helper taken, a new connection waits this long for a client to leave before it is
+/// refused: a client that has just hung up holds its helper until the helper's read of the
+/// end-of-file completes, and the newcomer (often the same user, reconnecting) may get here
+/// first. At most `MAX_WAITING` wait; past that, the longest waiting is refused at once.
+const GRACE: Duration = Duration::from_secs(1);
+const MAX_WAITING: usize = 64;
 
 static AIO_READS: Counter = Counter::new();
 static AIO_WRITES: Counter = Counter::new();
@@ -82,6 +93,20 @@ struct Client {
 }
 // ANCHOR_END: client
 
+/// An accepted connection waiting for a helper to come free.
+struct Waiting {
+    stream: TcpStream,
+    peer: SocketAddr,
+    since: Instant,
+}
+
+impl Waiting {
+    /// How long it may still wait before it is refused.
+    fn time_left(&self) -> TimeSpec {
+        TimeSpec::from_duration(GRACE.saturating_sub(self.since.elapsed()))
+    }
+}
+
 pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // ANCHOR: setup
     // Set-up. Before the first AIO call, tell glibc how many helpers it may start: one per
@@ -108,6 +133,7 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     let read_wake = AioRead::new(wake_rx.as_fd(), 0, &mut wake_buf, 0, SigevNotify::SigevNone);
     let mut wake = Op::submit(Box::pin(read_wake)).context("aio_read on the wake-up pipe")?;
     let mut clients: Vec<Client> = Vec::new();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut peak_threads = thread_count();
     // An error inside the loop must still reach the shutdown below, which ends every request
     // in flight before anything is freed: it is kept here, and returned after.
@@ -117,10 +143,12 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     while !support::stop_requested() && failure.is_none() {
         // ANCHOR: wait
         // Phase 1: wait in aio_suspend until at least one request has completed: the
-        // wake-up pipe's read, or any client's read or write.
-        match aio_suspend(&in_flight(&wake, &clients), None) {
-            Ok(()) => {}
-            Err(Errno::EINTR | Errno::EAGAIN) => continue,
+        // wake-up pipe's read, or any client's read or write; or, while a connection waits
+        // for a helper, until its time is up (EAGAIN).
+        let timeout = waiting.front().map(Waiting::time_left);
+        match aio_suspend(&in_flight(&wake, &clients), timeout) {
+            Ok(()) | Err(Errno::EAGAIN) => {}
+            Err(Errno::EINTR) => continue,
             Err(e) => {
                 failure = Some(anyhow::Error::new(e).context("aio_suspend"));
                 continue;
@@ -130,27 +158,28 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         peak_threads = peak_threads.max(thread_count());
         // ANCHOR_END: wait
 
-        // Phase 2: accept. The pipe's read completed: new connections wait in the channel
-        // (or we are asked to stop, which the loop condition sees). Read the pipe again.
-        if let Some(result) = wake.reap() {
-            handle_new_connection(&accepted, &mut clients, args.threads as usize);
-            if let Err(e) = result.and_then(|_| wake.0.as_mut().submit()) {
-                failure = Some(anyhow::Error::new(e).context("aio_read on the wake-up pipe"));
-            }
-        }
-
-        // Phase 3: read and write: collect each finished request, start the client's next.
+        // Phase 2: read and write: collect each finished request, start the client's next.
         for client in &mut clients {
             handle_client_data(client);
         }
 
-        // Phase 4: close: a client with no request in flight is finished.
+        // Phase 3: close: a client with no request in flight is finished.
         clients.retain(|client| {
             if client.op.is_none() {
                 trace!("{}: closed ({} threads)", client.peer, thread_count());
             }
             client.op.is_some()
         });
+
+        // Phase 4: accept, last, so that a client who has just left makes room for a new one.
+        // If the pipe's read completed, new connections wait in the channel (or we are asked
+        // to stop, which the loop condition sees): read the pipe again.
+        if let Some(result) = wake.reap()
+            && let Err(e) = result.and_then(|_| wake.0.as_mut().submit())
+        {
+            failure = Some(anyhow::Error::new(e).context("aio_read on the wake-up pipe"));
+        }
+        handle_new_connection(&accepted, &mut waiting, &mut clients, args.threads as usize);
     }
 
     // ANCHOR: shutdown
@@ -192,17 +221,32 @@ fn in_flight<'a>(wake: &'a Op, clients: &'a [Client]) -> Vec<&'a dyn AsRef<libc:
 /// Admits the connections the accept thread has queued, while a helper thread is free for each.
 fn handle_new_connection(
     accepted: &Receiver<(TcpStream, SocketAddr)>,
+    waiting: &mut VecDeque<Waiting>,
     clients: &mut Vec<Client>,
     threads: usize,
 ) {
-    while let Ok((stream, peer)) = accepted.try_recv() {
+    let now = Instant::now();
+    let new = accepted.try_iter().map(|(stream, peer)| Waiting {
+        stream,
+        peer,
+        since: now,
+    });
+    waiting.extend(new);
+    while let Some(next) = waiting.pop_front() {
         // An idle client keeps a helper blocked in read for as long as it stays. One more
-        // client than helpers would wait, unserved, until some other client spoke: refuse it.
+        // client than helpers would wait, unserved, until some other client spoke: unless
+        // one leaves within GRACE, refuse it.
         if clients.len() >= threads {
+            if next.since.elapsed() < GRACE && waiting.len() < MAX_WAITING {
+                waiting.push_front(next);
+                break;
+            }
             REFUSED.add(1);
+            let peer = next.peer;
             say!("refusing {peer}: all {threads} AIO helper threads may be busy; raise --threads");
             continue;
         }
+        let Waiting { stream, peer, .. } = next;
         STATS.connections.add(1);
         let (op, reading, buf) = (None, true, vec![0u8; BUF_SIZE]);
         let mut client = Client {
@@ -281,15 +325,18 @@ impl<'a> Op<'a> {
         Ok(Op(request))
     }
 
-    /// The result of a finished request, collected with aio_return; None while it runs.
+    /// The result of a finished request, collected with aio_return; None while it runs. A
+    /// failure is aio_error's answer: aio_return gives only -1, and sets no errno.
     fn reap(&mut self) -> Option<nix::Result<usize>> {
         if !self.0.in_progress() {
             return None;
         }
-        match self.0.as_mut().error() {
-            Err(Errno::EINPROGRESS) => None,
-            _ => Some(self.0.as_mut().aio_return()),
-        }
+        let error = match self.0.as_mut().error() {
+            Err(Errno::EINPROGRESS) => return None,
+            error => error,
+        };
+        let returned = self.0.as_mut().aio_return();
+        Some(error.and(returned))
     }
 }
 

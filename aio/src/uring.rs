@@ -13,7 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
-use io_uring::{EnterFlags, IoUring, cqueue, opcode, squeue};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{SockaddrStorage, getpeername};
 use support::{Counter, STATS, say, trace};
 
@@ -49,6 +51,8 @@ enum Op {
         sent: usize,
     },
     Close(String),
+    /// Waiting for SIGINT or SIGTERM: a poll on the signalfd.
+    Signal,
     /// Cancelling, on stop: every operation at once, or (before 5.19) one.
     Cancel,
 }
@@ -56,6 +60,7 @@ enum Op {
 struct Server {
     ring: IoUring,
     listener: TcpListener,
+    signals: SignalFd,
     /// Operations in flight, indexed by `user_data`; `free` lists the empty slots.
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
@@ -74,11 +79,12 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // anything. The listener stays blocking: the process never calls accept itself.
     let ring = new_ring(args)?;
     let listener = support::listen(args.common.addr)?;
-    let kernel_mask = kernel_sigset(&support::catch_signals()?);
+    let signals = stop_signal_fd()?;
     support::announce(&listener)?;
     let mut server = Server {
         ring,
         listener,
+        signals,
         ops: Vec::new(),
         free: Vec::new(),
         completions: Vec::new(),
@@ -88,26 +94,19 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         stopping: false,
     };
     server.arm_accept();
+    server.arm_signal();
     // ANCHOR_END: setup
 
     while !support::stop_requested() {
         // ANCHOR: wait
         // Phase 1: submit and wait. One io_uring_enter hands the kernel every operation queued
-        // since the last one and sleeps until at least one has completed. The mask lets
-        // Ctrl-C interrupt this wait and only this wait (EINTR), as pselect's does.
+        // since the last one and sleeps until at least one has completed. Ctrl-C comes back
+        // as a completion too (see `stop_signal_fd`), so the loop sees it however busy it is.
         ENTERS.add(1);
-        let queued = server.ring.submission().len() as u32;
-        let want = u32::from(server.completions.is_empty());
-        let getevents = EnterFlags::GETEVENTS.bits();
-        // SAFETY: every queued entry points into memory its `Op` owns (see `submit`), and
-        // the mask is the kernel's sigset_t, passed with its own size.
-        let entered = unsafe {
-            let submitter = server.ring.submitter();
-            submitter.enter(queued, want, getevents, Some(&kernel_mask))
-        };
-        match entered {
+        let want = usize::from(server.completions.is_empty());
+        match server.ring.submit_and_wait(want) {
             Ok(_) => {}
-            Err(e) if support::interrupted(&e) => continue, // the loop condition decides
+            Err(e) if support::interrupted(&e) => continue, // wait again
             // The completion ring is full and the kernel holds more: drain it first.
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e).context("io_uring_enter"),
@@ -162,13 +161,15 @@ fn new_ring(args: &crate::Args) -> anyhow::Result<IoUring> {
     })
 }
 
-/// The signal mask as the kernel's own sigset_t: its first 8 bytes, one bit per signal 1-64.
-/// (glibc's is 128 bytes, and io-uring 0.7's `SubmitArgs::sigmask` passes that size, which the
-/// kernel rejects with EINVAL; so the wait passes this one, with its real size.)
-fn kernel_sigset(mask: &nix::sys::signal::SigSet) -> [u8; 8] {
-    let glibc: &libc::sigset_t = mask.as_ref();
-    // SAFETY: glibc's sigset_t is 128 bytes; we read the first 8.
-    unsafe { *(glibc as *const libc::sigset_t).cast::<[u8; 8]>() }
+/// SIGINT and SIGTERM as a descriptor. Both are blocked, so never delivered: they stay pending
+/// and make the signalfd readable, and a poll on the ring turns that into a completion. (The
+/// pselect way, a mask that unblocks them during the wait, is not enough here: the kernel
+/// applies it only if io_uring_enter sleeps, and under load there is always a completion
+/// ready, so Ctrl-C would wait for the load to stop.)
+fn stop_signal_fd() -> anyhow::Result<SignalFd> {
+    let set = support::stop_signals();
+    set.thread_block().context("pthread_sigmask")?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("signalfd")
 }
 
 /// The descriptor a completed accept returned, now ours, or its error.
@@ -231,6 +232,12 @@ impl Server {
             false => accept_once(fd),
         };
         self.submit(Op::Accept, entry);
+    }
+
+    fn arm_signal(&mut self) {
+        let fd = Fd(self.signals.as_raw_fd());
+        let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32).build();
+        self.submit(Op::Signal, entry);
     }
 
     fn recv(&mut self, mut conn: Conn) {
@@ -307,6 +314,14 @@ impl Server {
             Op::Recv(conn) => self.handle_client_data(conn, result),
             Op::Send { conn, len, sent } => self.flush(conn, len, sent, result),
             Op::Close(peer) => trace!("{peer}: closed ({} clients)", self.clients),
+            // Ctrl-C or SIGTERM is pending: take it, and the loop condition ends the loop.
+            Op::Signal => {
+                let info = self.signals.read_signal().ok().flatten();
+                match info.and_then(|info| Signal::try_from(info.ssi_signo as i32).ok()) {
+                    Some(signal) => support::record_stop(signal),
+                    None => self.arm_signal(), // nothing to read after all: watch again
+                }
+            }
         }
     }
     // ANCHOR_END: complete

@@ -53,3 +53,26 @@ conformance::suite!(
     ["--backend", "uring", "--ring-entries", "4"],
     clients = 2_000
 );
+
+// Ctrl-C while the server is flat out, on every path that waits differently.
+#[test]
+fn uring_stops_under_load() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &["--backend", "uring"]);
+}
+
+#[test]
+fn uring_old_kernel_stops_under_load() {
+    let args = ["--backend", "uring", "--simulate-old-kernel"];
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &args);
+}
+
+#[test]
+fn uring_small_ring_stops_under_load() {
+    let args = ["--backend", "uring", "--ring-entries", "4"];
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &args);
+}
+
+#[test]
+fn posix_stops_under_load() {
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &["--backend", "posix"]);
+}

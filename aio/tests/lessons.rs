@@ -98,6 +98,60 @@ fn posix_refuses_past_its_helpers() {
     assert!(stopped.stderr.contains("1 refused"), "{}", stopped.stderr);
 }
 
+/// At the helper limit, a client that leaves makes room for the next one, even when the next
+/// one connects at once: its connection may reach the server before the leaving client's
+/// end-of-file has (a helper's read must complete first). The newcomer must be served, not
+/// refused; a client that finds every helper really taken is still refused.
+#[test]
+fn posix_makes_room_for_a_returning_client() {
+    let server = Server::start(BIN, &["--backend", "posix", "--threads", "4"]);
+    let mut clients: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        assert_eq!(round_trip(c, b"hi"), b"HI");
+    }
+    for i in 0..20 {
+        drop(clients.remove(0));
+        let mut again = server.connect();
+        let msg = format!("back again, {i}");
+        let mut got = vec![0u8; msg.len()];
+        std::io::Write::write_all(&mut again, msg.as_bytes()).unwrap();
+        let read = std::io::Read::read_exact(&mut again, &mut got);
+        assert!(
+            read.is_ok() && got == upper(msg.as_bytes()),
+            "round {i}: refused ({read:?}) although a client had just left; stderr:\n{}",
+            server.stderr()
+        );
+        clients.push(again);
+    }
+    let mut extra = server.connect();
+    server.wait_for_stderr("raise --threads");
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut extra, &mut byte).unwrap_or(0);
+    assert_eq!(n, 0, "a fifth client was served beside four");
+}
+
+/// `-v` says why a connection ended: a client that resets while the server waits to read from
+/// it is traced with the reset, on both backends (POSIX AIO reports a request's error through
+/// aio_error; aio_return only says -1).
+fn reset_is_traced(args: &[&str]) {
+    let server = Server::start(BIN, args);
+    let mut c = server.connect();
+    assert_eq!(round_trip(&mut c, b"hi"), b"HI");
+    conformance::reset_on_close(&c);
+    drop(c);
+    server.wait_for_stderr("Connection reset by peer");
+}
+
+#[test]
+fn uring_reset_is_traced() {
+    reset_is_traced(&["--backend", "uring", "-v"]);
+}
+
+#[test]
+fn posix_reset_is_traced() {
+    reset_is_traced(&["--backend", "posix", "-v"]);
+}
+
 /// Descriptors the server has open, from /proc/PID/fd.
 fn open_descriptors(server: &Server) -> usize {
     let dir = format!("/proc/{}/fd", server.pid());

@@ -216,7 +216,8 @@ pub fn stop_pending() -> bool {
 }
 // ANCHOR_END: stop_pending
 
-fn stop_signals() -> SigSet {
+/// SIGINT and SIGTERM: the signals that ask a server to stop.
+pub fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
