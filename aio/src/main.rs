@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Watch: the uring summary compares operations with system calls: 1.0 per `io_uring_enter`
-//! with one client, 8.0 with 10,000 busy ones (`-v` prints each call's completions); and
+//! with one client, 8 to 24 with 10,000 busy ones, depending on the load (`-v` prints each
+//! call's completions); and
 //! `ps -T -p $(pgrep -n aio)` shows one thread, however many clients. With `--backend posix`,
 //! `-v` prints the thread count as clients come and go, and `ps -T -o spid,comm,wchan` shows
 //! why: one helper per idle client, blocked in the kernel's TCP receive, which lingers a
