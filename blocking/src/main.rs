@@ -298,12 +298,15 @@ fn reap(children: &Mutex<HashSet<Pid>>) {
 
 /// On Ctrl-C: ask every child to stop, and wait for them, so none is left behind.
 fn stop_children(children: &Mutex<HashSet<Pid>>) {
-    let live: Vec<Pid> = children.lock().unwrap().drain().collect();
-    for pid in &live {
+    // The lock is never given back: the main thread, which forks only while holding it, cannot
+    // start a child after this point that nobody would stop (and that would fork a copy of
+    // this thread's locks, stderr's included, held).
+    let live = std::mem::ManuallyDrop::new(children.lock().unwrap());
+    for pid in live.iter() {
         let _ = kill(*pid, Signal::SIGTERM);
     }
-    for pid in live {
-        if waitpid(pid, None).is_ok() {
+    for pid in live.iter() {
+        if waitpid(*pid, None).is_ok() {
             REAPED.add(1);
         }
     }
