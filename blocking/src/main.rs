@@ -329,10 +329,13 @@ fn serve_pool(listener: &TcpListener, mut spare: Option<File>, workers: usize, q
         let Some((stream, peer)) = accept(listener, &mut spare) else {
             continue;
         };
-        let waiting = in_pool.load(Ordering::SeqCst).saturating_sub(workers);
-        if waiting >= queue {
+        let taken = in_pool.load(Ordering::SeqCst);
+        let waiting = taken.saturating_sub(workers);
+        if taken >= workers + queue {
             REFUSED.add(1);
-            say!("refusing {peer}: {waiting} clients already wait for a worker (--queue)");
+            say!(
+                "refusing {peer}: all {workers} workers busy, {waiting} clients waiting (--queue)"
+            );
             continue;
         }
         let busy = in_pool.fetch_add(1, Ordering::SeqCst) >= workers;

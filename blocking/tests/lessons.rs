@@ -215,3 +215,15 @@ fn fork_leaves_no_child_behind_when_stopped_mid_flood() {
     }
     assert_eq!(open, 0, "connections still served after the server exited");
 }
+
+#[test]
+fn pool_without_a_queue_serves_while_a_worker_is_free() {
+    // --queue 0: no client waits; one is refused only when every worker is busy.
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "1", "--queue", "0"]);
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"served"), b"SERVED");
+    let mut second = server.connect();
+    server.wait_for_stderr("refusing");
+    assert_eq!(conformance::read_to_eof(&mut second), b"");
+    assert_eq!(round_trip(&mut first, b"still"), b"STILL");
+}
