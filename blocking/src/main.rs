@@ -298,12 +298,15 @@ fn reap(children: &Mutex<HashSet<Pid>>) {
 
 /// On Ctrl-C: ask every child to stop, and wait for them, so none is left behind.
 fn stop_children(children: &Mutex<HashSet<Pid>>) {
-    let live: Vec<Pid> = children.lock().unwrap().drain().collect();
-    for pid in &live {
+    // The lock is never given back: the main thread, which forks only while holding it, cannot
+    // start a child after this point that nobody would stop (and that would fork a copy of
+    // this thread's locks, stderr's included, held).
+    let live = std::mem::ManuallyDrop::new(children.lock().unwrap());
+    for pid in live.iter() {
         let _ = kill(*pid, Signal::SIGTERM);
     }
-    for pid in live {
-        if waitpid(pid, None).is_ok() {
+    for pid in live.iter() {
+        if waitpid(*pid, None).is_ok() {
             REAPED.add(1);
         }
     }
@@ -326,10 +329,13 @@ fn serve_pool(listener: &TcpListener, mut spare: Option<File>, workers: usize, q
         let Some((stream, peer)) = accept(listener, &mut spare) else {
             continue;
         };
-        let waiting = in_pool.load(Ordering::SeqCst).saturating_sub(workers);
-        if waiting >= queue {
+        let taken = in_pool.load(Ordering::SeqCst);
+        let waiting = taken.saturating_sub(workers);
+        if taken >= workers + queue {
             REFUSED.add(1);
-            say!("refusing {peer}: {waiting} clients already wait for a worker (--queue)");
+            say!(
+                "refusing {peer}: all {workers} workers busy, {waiting} clients waiting (--queue)"
+            );
             continue;
         }
         let busy = in_pool.fetch_add(1, Ordering::SeqCst) >= workers;

@@ -1,9 +1,13 @@
 //! What each blocking mode is there to show, checked from outside.
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use conformance::{Server, round_trip};
+use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blocking");
 
@@ -163,4 +167,63 @@ fn pool_queue_counts_right_in_a_burst() {
     waiting.write_all(b"queued").unwrap();
     drop(clients); // the served client leaves; the waiting one gets the worker
     assert_eq!(read_reply(&mut waiting, 6), b"QUEUED");
+}
+
+#[test]
+fn fork_leaves_no_child_behind_when_stopped_mid_flood() {
+    // SIGTERM while clients keep arriving: the main thread is still forking children while the
+    // signal thread stops the ones it knows of. A child forked after that must not outlive the
+    // server (an orphan would go on serving its client, its connection never closing).
+    let _turn = conformance::heavy_lock();
+    let server = Server::start(BIN, &["--mode", "fork"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) && held.len() < 1000 {
+                    if let Ok(c) = TcpStream::connect(addr) {
+                        held.push(c);
+                    }
+                }
+                held
+            })
+        })
+        .collect();
+    // Children are being forked: stop the server in the middle of that.
+    let deadline = Instant::now() + conformance::PATIENCE;
+    while server.stderr().matches("served by process").count() < 200 {
+        assert!(Instant::now() < deadline, "{}", server.stderr());
+        thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = server.stop_with(Signal::SIGTERM);
+    stop.store(true, Ordering::Relaxed);
+    stopped.assert_clean();
+    // Every connection is closed now: its child was stopped, or it was never accepted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open = 0;
+    for mut c in flooders.into_iter().flat_map(|f| f.join().unwrap()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match c.read(&mut [0; 1]) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => open += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(open, 0, "connections still served after the server exited");
+}
+
+#[test]
+fn pool_without_a_queue_serves_while_a_worker_is_free() {
+    // --queue 0: no client waits; one is refused only when every worker is busy.
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "1", "--queue", "0"]);
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"served"), b"SERVED");
+    let mut second = server.connect();
+    server.wait_for_stderr("refusing");
+    assert_eq!(conformance::read_to_eof(&mut second), b"");
+    assert_eq!(round_trip(&mut first, b"still"), b"STILL");
 }

@@ -124,14 +124,31 @@ fn lock_step(mut stream: TcpStream) -> anyhow::Result<()> {
     let terminal = io::stdin().is_terminal();
     let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout();
+    // The line is sent from a second thread while this one prints the reply. An echo server
+    // answers while it still reads, and stops reading while its answer waits for us: had we
+    // sent all of a line longer than the socket buffers before reading, each side would wait
+    // for the other forever.
+    let mut sender = stream.try_clone().context("clone the socket")?;
     // The server hung up right after a reply: an error only if we still have something to say.
     let mut hung_up = None;
     while let Some(line) = next_line(&mut stdin, terminal).context("read stdin")? {
         if let Some(why) = hung_up {
             return Err(why);
         }
-        stream.write_all(&line).map_err(gone)?;
-        let reply = receive(&mut stream, &mut stdout, None, LINE_QUIET)?;
+        let (sent, reply) = thread::scope(|scope| {
+            let sending = scope.spawn(|| sender.write_all(&line));
+            let reply = receive(&mut stream, &mut stdout, None, LINE_QUIET);
+            if reply.is_err() {
+                // We stop here (stdout failed): wake the sender if it is stuck.
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            (
+                sending.join().expect("the sending thread does not panic"),
+                reply,
+            )
+        });
+        sent.map_err(gone)?;
+        let reply = reply?;
         match reply.gone {
             // No answer to the line we sent, or a person about to type into a dead connection.
             Some(why) if reply.bytes == 0 || terminal => return Err(why),

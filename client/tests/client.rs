@@ -361,3 +361,29 @@ server.serve_forever()
     assert!(status.success(), "{status}: {err}");
     assert_eq!(out, "HELLO\nWORLD\n");
 }
+
+/// An echo server as blocking as ours, its socket buffers capped (else the kernel grows them to
+/// tens of MiB): it stops reading from a client whose replies have nowhere to go.
+fn small_buffered_echo(mut stream: TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(&stream, sockopt::RcvBuf, &(256 << 10)).unwrap();
+    setsockopt(&stream, sockopt::SndBuf, &(256 << 10)).unwrap();
+    let mut buf = [0; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        if stream.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_line_longer_than_the_socket_buffers_comes_back() {
+    // Sent whole before reading, this line would fill the server's buffers and ours, the
+    // server would stop reading to wait for us, and we for it: the client must read as it sends.
+    let addr = serve(small_buffered_echo);
+    let line = "x".repeat(16 << 20);
+    let (status, out, err) = Client::piped(&[&addr.to_string()], &format!("{line}\n")).finish();
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out.len(), line.len() + 1, "stderr: {err}");
+    assert!(out.bytes().take(line.len()).all(|b| b == b'X'));
+}
