@@ -202,29 +202,59 @@ fn without_comments(text: &str) -> String {
     out
 }
 
-/// The package named by each `cargo run ... -p NAME` (or `--package NAME`) in `text`, with its
-/// line number. Options before `-p` (`--release`, `-q`) are skipped; `--` ends the search.
-fn cargo_runs(text: &str) -> Vec<(usize, String)> {
+/// One `cargo run ... -p NAME [-- ARGS]` found in a text.
+#[derive(Debug)]
+struct CargoRun {
+    line: usize,
+    /// The package after `-p` / `--package` (options before it, `--release` or `-q`, skipped).
+    name: String,
+    /// The words after `--`, up to the end of the code span or the first shell operator or
+    /// comment.
+    args: Vec<String>,
+}
+
+impl CargoRun {
+    /// The arguments to try on the binary: none when there are none, or when one is a
+    /// placeholder (`[OPTIONS]`, `ADDR`, `N`) or an ellipsis.
+    fn checkable_args(&self) -> Option<&[String]> {
+        let placeholder = |w: &String| {
+            let bare = w.trim_matches(['[', ']', '.', ',']);
+            w.contains("...")
+                || w.contains('…')
+                || (!bare.is_empty() && bare.chars().all(|c| c.is_ascii_uppercase()))
+        };
+        let none = self.args.is_empty() || self.args.iter().any(placeholder);
+        (!none).then_some(self.args.as_slice())
+    }
+}
+
+/// Every `cargo run ... -p NAME` (or `--package NAME`, `--package=NAME`) in `text`, with the
+/// arguments it passes after `--`. A `--` before any `-p` ends the search: that is cargo's own
+/// package, not one named.
+fn cargo_runs(text: &str) -> Vec<CargoRun> {
     let mut found = Vec::new();
     for (index, line) in text.lines().enumerate() {
         for (at, _) in line.match_indices("cargo run") {
-            let mut words = line[at + "cargo run".len()..]
-                .split(|c: char| c.is_whitespace() || "`|;()\"'".contains(c))
-                .filter(|w| !w.is_empty());
+            let rest = &line[at + "cargo run".len()..];
+            let end = rest.find(['`', '|', ';', ')', '#', '>', '<', '&', '"', '\'']);
+            let mut words = rest[..end.unwrap_or(rest.len())].split_whitespace();
+            let mut name = None;
+            let mut args = Vec::new();
             while let Some(word) = words.next() {
                 if word == "-p" || word == "--package" {
-                    if let Some(name) = words.next() {
-                        found.push((index + 1, name.to_owned()));
+                    name = words.next();
+                } else if let Some(package) = word.strip_prefix("--package=") {
+                    name = Some(package);
+                } else if word == "--" || !word.starts_with('-') {
+                    if word == "--" && name.is_some() {
+                        args = words.by_ref().map(str::to_owned).collect();
                     }
                     break;
                 }
-                if let Some(name) = word.strip_prefix("--package=") {
-                    found.push((index + 1, name.to_owned()));
-                    break;
-                }
-                if word == "--" || !word.starts_with('-') {
-                    break;
-                }
+            }
+            if let Some(name) = name {
+                let (line, name) = (index + 1, name.to_owned());
+                found.push(CargoRun { line, name, args });
             }
         }
     }
@@ -237,7 +267,7 @@ fn every_cargo_run_names_a_real_workspace_crate() {
     let mut seen = 0;
     let mut problems = Vec::new();
     for (page, text) in book_pages() {
-        for (line, name) in cargo_runs(&without_comments(&text)) {
+        for CargoRun { line, name, .. } in cargo_runs(&without_comments(&text)) {
             seen += 1;
             // `cargo run -p NAME`: a placeholder in capitals, as in the contract's synopsis.
             if name.chars().all(|c| c.is_ascii_uppercase()) {
@@ -260,42 +290,6 @@ fn every_cargo_run_names_a_real_workspace_crate() {
         "only {seen} `cargo run -p` commands found in the book"
     );
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
-}
-
-/// The arguments after `--` of each `cargo run -p NAME -- ARGS` in `text`, with the line number
-/// and NAME: the words up to the end of the code span or the first shell operator or comment.
-/// Commands with a placeholder (`[OPTIONS]`, `ADDR`, `N`) or an ellipsis are left out.
-fn cargo_run_args(text: &str) -> Vec<(usize, String, Vec<String>)> {
-    let mut found = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        for (at, _) in line.match_indices("cargo run") {
-            let rest = &line[at + "cargo run".len()..];
-            let end = rest.find(['`', '|', ';', ')', '#', '>', '<', '&']);
-            let mut words = rest[..end.unwrap_or(rest.len())].split_whitespace();
-            let mut name = None;
-            while let Some(word) = words.next() {
-                if word == "-p" || word == "--package" {
-                    name = words.next();
-                } else if word == "--" || !word.starts_with('-') {
-                    if word == "--" && name.is_some() {
-                        let args: Vec<String> = words.by_ref().map(str::to_owned).collect();
-                        let placeholder = |w: &String| {
-                            let bare = w.trim_matches(['[', ']', '.', ',']);
-                            w.contains("...")
-                                || w.contains('…')
-                                || (!bare.is_empty()
-                                    && bare.chars().all(|c| c.is_ascii_uppercase()))
-                        };
-                        if !args.is_empty() && !args.iter().any(placeholder) {
-                            found.push((index + 1, name.unwrap_or("").to_owned(), args));
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-    }
-    found
 }
 
 /// Where `cargo test` put the workspace's binaries: beside this test's `deps/` directory.
@@ -360,14 +354,18 @@ fn every_cargo_run_passes_options_the_binary_accepts() {
     let mut checked = 0;
     let mut problems = Vec::new();
     for (page, text) in instructions() {
-        for (line, name, args) in cargo_run_args(&without_comments(&text)) {
-            if !members.contains(&name) || !is_real(&name) {
+        for run in cargo_runs(&without_comments(&text)) {
+            let (line, name) = (run.line, &run.name);
+            let Some(args) = run.checkable_args() else {
+                continue;
+            };
+            if !members.contains(name) || !is_real(name) {
                 continue; // the test above reports it
             }
             // clap parses everything before `--help`, then prints the help: an unknown option
             // or a value that does not parse fails instead.
-            let output = Command::new(binary(&name))
-                .args(&args)
+            let output = Command::new(binary(name))
+                .args(args)
                 .arg("--help")
                 .stdin(Stdio::null())
                 .output()
@@ -480,14 +478,18 @@ fn the_parsers_find_what_they_should() {
         "`cargo run -p select -- -v` and cargo run --release -p bench -- report\n\
          (cargo run -q --package client); cargo run -- -p nothing; cargo run -p NAME",
     );
-    let names: Vec<&str> = runs.iter().map(|(_, n)| n.as_str()).collect();
+    let names: Vec<&str> = runs.iter().map(|run| run.name.as_str()).collect();
     assert_eq!(names, ["select", "bench", "client", "NAME"]);
 
-    let runs = cargo_run_args(
+    let runs = cargo_runs(
         "`cargo run -p epoll -- --edge -v` | cargo run -q -p client -- 127.0.0.1:1 # c\n\
          cargo run -p NAME -- [OPTIONS] [ADDR]; cargo run -p select -- --workers N\n\
          cargo run -p select; printf x | cargo run -p poll -- -v > out",
     );
+    let runs: Vec<(usize, &str, &[String])> = runs
+        .iter()
+        .filter_map(|run| Some((run.line, run.name.as_str(), run.checkable_args()?)))
+        .collect();
     let expected = [
         (1, "epoll", vec!["--edge", "-v"]),
         (1, "client", vec!["127.0.0.1:1"]),
@@ -495,8 +497,8 @@ fn the_parsers_find_what_they_should() {
     ];
     assert_eq!(runs.len(), expected.len(), "{runs:?}");
     for ((line, name, args), (want_line, want_name, want_args)) in runs.iter().zip(expected) {
-        assert_eq!((*line, name.as_str()), (want_line, want_name));
-        assert_eq!(args, &want_args);
+        assert_eq!((*line, *name), (want_line, want_name));
+        assert_eq!(*args, want_args);
     }
 
     let ids = heading_ids("# I/O with `select`\n```sh\n# not a heading\n```\n### Phase 1: wait\n");
