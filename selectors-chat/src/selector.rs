@@ -367,12 +367,7 @@ fn not_registered(fd: RawFd) -> io::Error {
 /// installs the mask for a moment (POSIX delivers an unblocked pending signal before
 /// pthread_sigmask returns), but only if `sigpending` shows one, so a busy loop pays one call.
 fn deliver_pending(wait_mask: &SigSet) -> nix::Result<()> {
-    // nix 0.32 has no sigpending, so this one call goes to libc.
-    let mut raw: libc::sigset_t = *SigSet::empty().as_ref();
-    // SAFETY: `raw` is an initialised sigset_t that sigpending overwrites with the pending set.
-    Errno::result(unsafe { libc::sigpending(&mut raw) })?;
-    // SAFETY: `raw` was initialised by sigemptyset (SigSet::empty), then filled by sigpending.
-    let pending = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    let pending = support::pending_signals()?;
     if pending.iter().all(|signal| wait_mask.contains(signal)) {
         return Ok(()); // nothing pending, or nothing the wait would let in
     }

@@ -202,19 +202,23 @@ pub fn catch_signals() -> anyhow::Result<SigSet> {
 /// finds one, and the server would never stop. So ask (`sigpending`), and record the signal
 /// for [`stop_requested`].
 pub fn stop_pending() -> bool {
-    let mut pending = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
-    // SAFETY: sigpending fills in the set it is given, which has room for one.
-    if unsafe { nix::libc::sigpending(pending.as_mut_ptr()) } != 0 {
+    let Ok(pending) = pending_signals() else {
         return false;
-    }
-    // SAFETY: sigpending succeeded, so the set is initialised.
-    let pending = unsafe { SigSet::from_sigset_t_unchecked(pending.assume_init()) };
-    let signal = [Signal::SIGINT, Signal::SIGTERM]
-        .into_iter()
-        .find(|&s| pending.contains(s));
+    };
+    let signal = stop_signals().iter().find(|&s| pending.contains(s));
     signal.map(record_stop).is_some()
 }
 // ANCHOR_END: stop_pending
+
+/// The signals pending for this thread or the process, blocked so not yet delivered
+/// (`sigpending`, which nix 0.32 does not wrap).
+pub fn pending_signals() -> nix::Result<SigSet> {
+    let mut raw: nix::libc::sigset_t = *SigSet::empty().as_ref();
+    // SAFETY: `raw` is an initialised sigset_t, which sigpending overwrites with the pending set.
+    nix::errno::Errno::result(unsafe { nix::libc::sigpending(&mut raw) })?;
+    // SAFETY: `raw` was initialised by sigemptyset (SigSet::empty), then filled by sigpending.
+    Ok(unsafe { SigSet::from_sigset_t_unchecked(raw) })
+}
 
 /// SIGINT and SIGTERM: the signals that ask a server to stop.
 pub fn stop_signals() -> SigSet {
