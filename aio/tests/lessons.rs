@@ -152,12 +152,6 @@ fn posix_reset_is_traced() {
     reset_is_traced(&["--backend", "posix", "-v"]);
 }
 
-/// Descriptors the server has open, from /proc/PID/fd.
-fn open_descriptors(server: &Server) -> usize {
-    let dir = format!("/proc/{}/fd", server.pid());
-    std::fs::read_dir(dir).expect("read /proc/PID/fd").count()
-}
-
 /// Clients that reset mid-stream end in error completions; each must close its connection and
 /// leak nothing: once they are gone, the server is back to the descriptors it started with.
 fn resets_leak_nothing(args: &[&str]) {
@@ -167,11 +161,11 @@ fn resets_leak_nothing(args: &[&str]) {
     drop(first);
     let baseline = {
         let deadline = Instant::now() + PATIENCE;
-        let mut n = open_descriptors(&server);
+        let mut n = conformance::open_descriptors(server.pid());
         // The warm-up connection closes asynchronously; wait for it to settle.
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
-            let again = open_descriptors(&server);
+            let again = conformance::open_descriptors(server.pid());
             if again == n {
                 break;
             }
@@ -192,7 +186,7 @@ fn resets_leak_nothing(args: &[&str]) {
     }
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let n = open_descriptors(&server);
+        let n = conformance::open_descriptors(server.pid());
         if n <= baseline {
             break;
         }
