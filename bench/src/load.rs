@@ -120,6 +120,34 @@ impl LoadResult {
         self.server_rss_kib.saturating_sub(self.rss_start_kib) as f64 / conns
     }
 
+    /// A run as `to_json` wrote it (`bench report --replot` reads them back).
+    pub fn from_json(v: &crate::json::Value) -> anyhow::Result<LoadResult> {
+        let count = |key: &str| v.num(key).map(|x| x as u64);
+        Ok(LoadResult {
+            server: v.str("server")?.to_owned(),
+            server_args: v.str("server_args")?.to_owned(),
+            conns: count("conns")? as usize,
+            idle: count("idle")? as usize,
+            size: count("size")? as usize,
+            secs: v.num("secs")?,
+            round_trips: count("round_trips")?,
+            round_trips_per_sec: v.num("round_trips_per_sec")?,
+            p50_us: v.num("p50_us")?,
+            p99_us: v.num("p99_us")?,
+            max_us: v.num("max_us")?,
+            server_cpu_s: v.num("server_cpu_s")?,
+            server_cpu_share: v.num("server_cpu_share")?,
+            idle_cpu_share: v.num("idle_cpu_share")?,
+            rss_start_kib: count("rss_start_kib")?,
+            server_rss_kib: count("server_rss_kib")?,
+            server_threads: count("server_threads")?,
+            client_cpu_s: v.num("client_cpu_s")?,
+            client_cpu_share: v.num("client_cpu_share")?,
+            client_threads: count("client_threads")? as usize,
+            summary: v.str("server_summary")?.to_owned(),
+        })
+    }
+
     pub fn to_json(&self) -> String {
         let fields = [
             ("server", json_string(&self.server)),

@@ -9,6 +9,7 @@
 //! cargo build --release --workspace                  # the servers, then:
 //! cargo run --release -p bench -- load --server epoll --conns 4 --idle 5000 --secs 3
 //! cargo run --release -p bench -- report             # every table and plot of the book
+//! cargo run -p bench -- report --replot               # the same, redrawn from results.json
 //! ```
 //!
 //! `readiness` times the readiness calls alone (no server). `load` starts one server binary on
@@ -20,6 +21,8 @@
 //!
 //! It measures Linux (epoll, eventfd, `/proc`); elsewhere it builds, says so, and stops.
 
+#[cfg(target_os = "linux")]
+mod json;
 #[cfg(target_os = "linux")]
 mod load;
 #[cfg(target_os = "linux")]
@@ -70,6 +73,10 @@ enum Command {
         /// unless --out is given, so that it never overwrites the book's real numbers.
         #[arg(long)]
         quick: bool,
+        /// Measure nothing: redraw every table and plot from the results.json already in the
+        /// output directory (to change how a figure looks without re-running the load).
+        #[arg(long, conflicts_with = "quick")]
+        replot: bool,
         /// Where to write the markdown and SVG files (default: docs/src/measurements).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -93,9 +100,10 @@ fn main() -> ExitCode {
         Command::Load(load) => load::main(&load),
         Command::Report {
             quick,
+            replot,
             out,
             bin_dir,
-        } => report::main(quick, out, bin_dir),
+        } => report::main(quick, replot, out, bin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

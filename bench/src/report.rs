@@ -11,6 +11,9 @@
 //! - `idle-cpu.md`, `idle-cpu.svg`: the server's CPU while every connection is silent;
 //! - `memory.md`, `memory.svg`: server memory per connection, threads against events;
 //! - `results.json`: every number above, for anyone who wants to plot them differently.
+//!
+//! `report --replot` redraws the tables and plots from `results.json` alone, measuring nothing:
+//! for changing how a figure looks on a busy machine, without changing its numbers.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -155,13 +158,19 @@ impl Settings {
 /// One server's runs.
 struct Measured {
     label: &'static str,
-    colour: plotters::style::RGBColor,
+    /// Its index in PLANS: its colour, line and marker in every plot.
+    style: usize,
     runs: Vec<LoadResult>,
     /// Runs that failed, as (idle, error).
     failures: Vec<(usize, String)>,
 }
 
-pub fn main(quick: bool, out: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn main(
+    quick: bool,
+    replot: bool,
+    out: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let settings = Settings::new(quick);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -174,6 +183,9 @@ pub fn main(quick: bool, out: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyh
         }
     });
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    if replot {
+        return self::replot(&out);
+    }
     if cfg!(debug_assertions) {
         eprintln!("bench: warning: this is a debug build; measure with --release");
     }
@@ -194,7 +206,7 @@ pub fn main(quick: bool, out: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyh
         let levels = settings.levels_for(plan);
         let mut m = Measured {
             label: plan.label,
-            colour: plot::colour(i),
+            style: i,
             runs: Vec::new(),
             failures: Vec::new(),
         };
@@ -258,6 +270,57 @@ pub fn main(quick: bool, out: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyh
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Every table and plot again from `out/results.json`, measuring nothing (machine.md, which says
+/// when and how the numbers were taken, and results.json itself are left as they are).
+fn replot(out: &Path) -> anyhow::Result<()> {
+    let path = out.join("results.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let json = crate::json::parse(&text).with_context(|| format!("parse {}", path.display()))?;
+    let rows = json
+        .get("readiness")?
+        .array("rows")?
+        .iter()
+        .map(|r| {
+            let ops = r.get("ops")?;
+            Ok(readiness::Row {
+                n: r.num("n")? as usize,
+                secs: [r.num("select")?, r.num("poll")?, r.num("epoll")?],
+                ops: [
+                    ops.num("select")? as u64,
+                    ops.num("poll")? as u64,
+                    ops.num("epoll")? as u64,
+                ],
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut measured: Vec<Measured> = Vec::new();
+    for run in json.array("load")? {
+        let label = run.str("label")?;
+        let (style, plan) = PLANS
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.label == label)
+            .with_context(|| format!("{}: no server is labelled {label:?}", path.display()))?;
+        let result = LoadResult::from_json(run).with_context(|| format!("a run of {label}"))?;
+        match measured.iter_mut().find(|m| m.label == plan.label) {
+            Some(m) => m.runs.push(result),
+            None => measured.push(Measured {
+                label: plan.label,
+                style,
+                runs: vec![result],
+                failures: Vec::new(),
+            }),
+        }
+    }
+    write_readiness(out, &rows)?;
+    write_throughput(out, &measured)?;
+    write_idle_cpu(out, &measured)?;
+    write_memory(out, &measured)?;
+    eprintln!("redrew {} from {}", out.display(), path.display());
     Ok(())
 }
 
@@ -420,20 +483,28 @@ fn write_readiness(out: &Path, rows: &[readiness::Row]) -> anyhow::Result<()> {
     )?;
     write(out, "readiness.md", &t)?;
 
+    // Colour and marker by model (as select, poll and epoll in the other plots), ours solid
+    // with filled markers, Kerrisk's dashed with hollow ones.
     let mut series = Vec::new();
     for (i, model) in Model::ALL.into_iter().enumerate() {
         let theirs = |k: &(usize, f64, f64, f64)| [k.1, k.2, k.3][i];
+        let style = readiness_style(model);
         series.push(Series {
-            name: format!("{} (this machine)", model.name()),
-            colour: plot::colour(i + 2),
-            faint: false,
-            points: rows.iter().map(|r| (r.n as f64, r.secs[i])).collect(),
+            line: plot::Line::Solid,
+            ..Series::nth(
+                style,
+                &format!("{} (ours)", model.name()),
+                rows.iter().map(|r| (r.n as f64, r.secs[i])).collect(),
+            )
         });
         series.push(Series {
-            name: format!("{} (Kerrisk, 2.6.25)", model.name()),
-            colour: plot::colour(i + 2),
-            faint: true,
-            points: KERRISK.iter().map(|k| (k.0 as f64, theirs(k))).collect(),
+            line: plot::Line::Dashed,
+            hollow: true,
+            ..Series::nth(
+                style,
+                &format!("{} (Kerrisk, 2.6.25)", model.name()),
+                KERRISK.iter().map(|k| (k.0 as f64, theirs(k))).collect(),
+            )
         });
     }
     plot::lines(
@@ -443,6 +514,14 @@ fn write_readiness(out: &Path, rows: &[readiness::Row]) -> anyhow::Result<()> {
         ("CPU seconds", Axis::Log),
         &series,
     )
+}
+
+/// A readiness model's style index: that of its server in the load plots.
+fn readiness_style(model: Model) -> usize {
+    PLANS
+        .iter()
+        .position(|p| p.label == model.name())
+        .unwrap_or(0)
 }
 
 /// The idle levels any server was run with, in order.
@@ -505,21 +584,24 @@ fn write_throughput(out: &Path, measured: &[Measured]) -> anyhow::Result<()> {
     write(out, "throughput.md", &t)?;
     let series: Vec<Series> = measured
         .iter()
-        .map(|m| Series {
-            name: m.label.to_owned(),
-            colour: m.colour,
-            faint: false,
-            points: m
-                .runs
-                .iter()
-                .map(|r| (r.idle as f64, r.round_trips_per_sec))
-                .collect(),
+        .map(|m| {
+            Series::nth(
+                m.style,
+                m.label,
+                m.runs
+                    .iter()
+                    .map(|r| (r.idle as f64, r.round_trips_per_sec))
+                    .collect(),
+            )
         })
         .collect();
     plot::lines(
         &out.join("throughput.svg"),
         &format!("Round trips per second, {ACTIVE} active connections"),
-        ("idle connections held open", Axis::Linear),
+        (
+            "idle connections held open (0, then a log scale)",
+            Axis::SymLog,
+        ),
         ("round trips per second", Axis::Linear),
         &series,
     )
@@ -536,21 +618,24 @@ fn write_idle_cpu(out: &Path, measured: &[Measured]) -> anyhow::Result<()> {
     write(out, "idle-cpu.md", &t)?;
     let series: Vec<Series> = measured
         .iter()
-        .map(|m| Series {
-            name: m.label.to_owned(),
-            colour: m.colour,
-            faint: false,
-            points: m
-                .runs
-                .iter()
-                .map(|r| (r.idle as f64, r.idle_cpu_share * 100.0))
-                .collect(),
+        .map(|m| {
+            Series::nth(
+                m.style,
+                m.label,
+                m.runs
+                    .iter()
+                    .map(|r| (r.idle as f64, r.idle_cpu_share * 100.0))
+                    .collect(),
+            )
         })
         .collect();
     plot::lines(
         &out.join("idle-cpu.svg"),
         "Server CPU with every connection silent",
-        ("connections held open", Axis::Linear),
+        (
+            "idle connections held open (0, then a log scale)",
+            Axis::SymLog,
+        ),
         ("% of one core", Axis::Linear),
         &series,
     )
@@ -599,7 +684,7 @@ fn write_memory(out: &Path, measured: &[Measured]) -> anyhow::Result<()> {
             name: m.label.to_owned(),
             value: r.rss_per_conn_kib(),
             text: sig3(r.rss_per_conn_kib()),
-            colour: m.colour,
+            colour: plot::colour(m.style),
         })
         .collect();
     plot::bars(
