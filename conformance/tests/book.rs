@@ -507,3 +507,413 @@ fn the_parsers_find_what_they_should() {
     assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
     assert!(is_real("select") && !is_real("no-such-crate"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The book's conventions for readers: captions on included code, man-page links, plot captions,
+// an answer for every exercise. (Summarised at the top of this file and in docs/CONTRIBUTING.md.)
+
+/// The line that goes above a code block including `spec` (`../../select/src/main.rs:wait`):
+/// the file, linked relative to the page (so that it opens the file in a clone, from the built
+/// book in docs/book/ as from docs/src/), and the region.
+fn caption_for(spec: &str) -> String {
+    let (path, region) = match spec.split_once(':') {
+        Some((path, region)) => (path.trim(), region.trim()),
+        None => (spec.trim(), ""),
+    };
+    let shown = path.trim_start_matches("../");
+    let region = if region.is_empty() {
+        String::new()
+    } else if region.starts_with(|c: char| c.is_ascii_digit() || c == ':') {
+        format!(" — lines {region}")
+    } else {
+        format!(" — <code>{region}</code>")
+    };
+    format!("<div class=\"code-caption\"><a href=\"{path}\">{shown}</a>{region}</div>")
+}
+
+#[test]
+fn every_included_region_has_its_caption() {
+    let mut problems = Vec::new();
+    let mut captioned = 0;
+    for (page, text) in book_pages() {
+        let lines: Vec<&str> = text.lines().collect();
+        for include in includes(&page, &text) {
+            // Only code: `{{#include measurements/x.md}}` outside a fence is text.
+            let fence = include.line.checked_sub(2).map(|i| lines[i].trim_start());
+            if !fence.is_some_and(|l| l.starts_with("```")) {
+                continue;
+            }
+            let want = caption_for(&include.spec);
+            let above = |back: usize| include.line.checked_sub(back).map(|i| lines[i].trim());
+            if above(3) == Some("") && above(4) == Some(want.as_str()) {
+                captioned += 1;
+                continue;
+            }
+            problems.push(format!(
+                "{}:{}: the code block including {} needs its caption: put this line, then a \
+                 blank line, right above its ```:\n    {want}",
+                page.display(),
+                include.line - 1,
+                include.spec
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    assert!(captioned >= 10, "only {captioned} captioned includes found");
+}
+
+/// System calls and library functions the book names, and their manual sections. The first
+/// mention of each in a page, written `name` (in backticks), is a link to its page on man7.org:
+/// [`select`](https://man7.org/linux/man-pages/man2/select.2.html). Add a name here when a
+/// chapter starts naming a new call.
+const MAN_PAGES: &[(&str, u8)] = &[
+    ("accept", 2),
+    ("accept4", 2),
+    ("aio", 7),
+    ("aio_cancel", 3),
+    ("aio_error", 3),
+    ("aio_read", 3),
+    ("aio_return", 3),
+    ("aio_suspend", 3),
+    ("aio_write", 3),
+    ("bind", 2),
+    ("close", 2),
+    ("connect", 2),
+    ("epoll", 7),
+    ("epoll_create1", 2),
+    ("epoll_ctl", 2),
+    ("epoll_pwait", 2),
+    ("epoll_wait", 2),
+    ("eventfd", 2),
+    ("fcntl", 2),
+    ("fork", 2),
+    ("io_submit", 2),
+    ("io_uring", 7),
+    ("io_uring_enter", 2),
+    ("io_uring_setup", 2),
+    ("listen", 2),
+    ("mmap", 2),
+    ("pipe", 2),
+    ("poll", 2),
+    ("ppoll", 2),
+    ("pselect", 2),
+    ("read", 2),
+    ("recv", 2),
+    ("recvfrom", 2),
+    ("select", 2),
+    ("send", 2),
+    ("sendto", 2),
+    ("shutdown", 2),
+    ("sigaction", 2),
+    ("signalfd", 2),
+    ("sigpending", 2),
+    ("sigprocmask", 2),
+    ("sigtimedwait", 2),
+    ("sigwait", 3),
+    ("sigwaitinfo", 2),
+    ("socket", 2),
+    ("waitpid", 2),
+    ("write", 2),
+];
+
+fn man_url(name: &str, section: u8) -> String {
+    format!("https://man7.org/linux/man-pages/man{section}/{name}.{section}.html")
+}
+
+/// `text` with every `<!-- ... -->` comment blanked out, newlines kept (so line numbers hold).
+fn blank_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<!--") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("-->")
+            .map_or(rest.len(), |e| start + e + 3);
+        out.extend(
+            rest[start..end]
+                .chars()
+                .map(|c| if c == '\n' { '\n' } else { ' ' }),
+        );
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One `code span` of a page's prose (fenced blocks and headings skipped): its line, its text,
+/// and the target of the link it is the text of, if it is one (`[`x`](target)`).
+struct Span {
+    line: usize,
+    text: String,
+    link: Option<String>,
+    /// In a table row (`| ... |`), where a column may list crates rather than calls.
+    in_table: bool,
+    /// The text right after the span (` crate`, ` server`: a crate's name, not a call's).
+    after: String,
+}
+
+fn code_spans(text: &str) -> Vec<Span> {
+    let mut spans = Vec::new();
+    let mut in_code = false;
+    for (index, line) in blank_comments(text).lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code || line.starts_with('#') {
+            continue;
+        }
+        let mut rest = line;
+        let mut offset = 0;
+        while let Some(open) = rest.find('`') {
+            let Some(len) = rest[open + 1..].find('`') else {
+                break;
+            };
+            let close = open + 1 + len;
+            let before = line[..offset + open].chars().next_back();
+            let after = &line[offset + close + 1..];
+            let link = (before == Some('['))
+                .then(|| after.strip_prefix("]("))
+                .flatten()
+                .and_then(|t| t.split_once(')'))
+                .map(|(target, _)| target.to_owned());
+            spans.push(Span {
+                line: index + 1,
+                text: rest[open + 1..close].to_owned(),
+                link,
+                in_table: line.trim_start().starts_with('|'),
+                after: after.chars().take(8).collect(),
+            });
+            offset += close + 1;
+            rest = &line[offset..];
+        }
+    }
+    spans
+}
+
+/// The listed call a code span names: `select` or `select(2)`.
+fn man_page_of(span: &str) -> Option<(&'static str, u8)> {
+    MAN_PAGES
+        .iter()
+        .copied()
+        .find(|&(name, section)| span == name || span == format!("{name}({section})"))
+}
+
+#[test]
+fn every_page_links_its_first_mention_of_each_call_to_its_man_page() {
+    let mut problems = Vec::new();
+    let mut linked = 0;
+    let crates = members();
+    // `select` is a call and a crate: in a table (a column of crates) or before "crate" or
+    // "server", a crate's name is not a mention of the call.
+    let names_a_crate = |span: &Span| {
+        crates.contains(&span.text)
+            && (span.in_table
+                || span.after.starts_with(" crate")
+                || span.after.starts_with(" server"))
+    };
+    for (page, text) in book_pages() {
+        // measurements/*.md are written by `bench report`; they are checked where included.
+        if page.parent().is_some_and(|d| d.ends_with("measurements"))
+            || page.ends_with("SUMMARY.md")
+        {
+            continue;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for span in code_spans(&text) {
+            let Some((name, section)) = man_page_of(&span.text) else {
+                continue;
+            };
+            let url = man_url(name, section);
+            match &span.link {
+                // A link elsewhere (`[`select`](select.md)`, the chapter) is not a mention.
+                Some(target) if !target.starts_with("https://man7.org/") => continue,
+                None if names_a_crate(&span) => continue,
+                Some(target) if *target != url => problems.push(format!(
+                    "{}:{}: `{name}` links to {target}; its man page is {url}",
+                    page.display(),
+                    span.line
+                )),
+                Some(_) => linked += 1,
+                None if !seen.contains(&name) => problems.push(format!(
+                    "{}:{}: first mention of `{name}` in this page: write it as a link to its \
+                     man page, [`{}`]({url}) (or add the call to MAN_PAGES in \
+                     conformance/tests/book.rs if it is not a call)",
+                    page.display(),
+                    span.line,
+                    span.text
+                )),
+                None => {}
+            }
+            seen.push(name);
+        }
+        // Any other man7.org link: the URL pattern, and a page in the list.
+        for (index, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices("](https://man7.org/") {
+                let target = &line[at + 2..];
+                let target = &target[..target.find(')').unwrap_or(target.len())];
+                let known = MAN_PAGES
+                    .iter()
+                    .any(|&(name, section)| man_url(name, section) == target);
+                if !known {
+                    problems.push(format!(
+                        "{}:{}: {target} is not https://man7.org/linux/man-pages/manN/NAME.N.html \
+                         for a NAME(N) in MAN_PAGES (conformance/tests/book.rs)",
+                        page.display(),
+                        index + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    assert!(linked >= 20, "only {linked} man-page links found");
+}
+
+/// The exercises of a page: the numbers of the top-level items (`1. `, at the start of a line)
+/// of its `## Exercises` section.
+fn exercises(text: &str) -> Vec<u32> {
+    let mut numbers = Vec::new();
+    let mut inside = false;
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        if in_code {
+            continue;
+        }
+        if line.starts_with("# ") || line.starts_with("## ") {
+            inside = line.trim() == "## Exercises";
+            continue;
+        }
+        if inside
+            && let Some((number, _)) = line.split_once(". ")
+            && let Ok(n) = number.parse()
+        {
+            numbers.push(n);
+        }
+    }
+    numbers
+}
+
+/// The answers in answers.md: headings `### STEM N: title`, STEM the exercise's page without
+/// `.md` (`### blocking 2: The pool's limit`).
+fn answers(text: &str) -> Vec<(String, u32)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("### ")?;
+            let (key, _) = rest.split_once(':').unwrap_or((rest, ""));
+            let (stem, n) = key.trim().rsplit_once(' ')?;
+            Some((stem.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn every_exercise_has_an_answer() {
+    let src = workspace().join("docs/src");
+    let answers_page = src.join("answers.md");
+    let given = answers(&fs::read_to_string(&answers_page).expect("docs/src/answers.md"));
+    let mut problems = Vec::new();
+    let mut asked = Vec::new();
+    for (page, text) in book_pages() {
+        let stem = page
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let numbers = exercises(&text);
+        for (k, &n) in numbers.iter().enumerate() {
+            if n as usize != k + 1 {
+                problems.push(format!(
+                    "{}: exercise {n} is item {} of `## Exercises`: number them 1, 2, 3…",
+                    page.display(),
+                    k + 1
+                ));
+            }
+            if !given.iter().any(|(s, m)| *s == stem && *m == n) {
+                problems.push(format!(
+                    "{}: exercise {n} has no answer: add `### {stem} {n}: <its title>` and the \
+                     answer (expected result, why, and the output if it asks to run something) \
+                     to docs/src/answers.md",
+                    page.display()
+                ));
+            }
+            asked.push((stem.clone(), n));
+        }
+    }
+    for (stem, n) in &given {
+        if !asked.contains(&(stem.clone(), *n)) {
+            problems.push(format!(
+                "docs/src/answers.md: `### {stem} {n}` answers no exercise (is there an item {n} \
+                 under `## Exercises` in docs/src/{stem}.md?)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    assert!(asked.len() >= 20, "only {} exercises found", asked.len());
+}
+
+#[test]
+fn every_plot_has_a_caption() {
+    let mut problems = Vec::new();
+    for (page, text) in book_pages() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            if !(line.starts_with("![") && line.contains("](measurements/")) {
+                continue;
+            }
+            let next = lines[index + 1..].iter().find(|l| !l.trim().is_empty());
+            if !next.is_some_and(|l| l.starts_with("<p class=\"figure-caption\">")) {
+                problems.push(format!(
+                    "{}:{}: a plot needs its caption, one sentence saying what to see, after a \
+                     blank line: <p class=\"figure-caption\">What to see: …</p>",
+                    page.display(),
+                    index + 1
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_convention_parsers_find_what_they_should() {
+    assert_eq!(
+        caption_for("../../select/src/main.rs:handle_client_data"),
+        "<div class=\"code-caption\"><a href=\"../../select/src/main.rs\">select/src/main.rs</a> \
+         — <code>handle_client_data</code></div>"
+    );
+    assert!(caption_for("../../a.rs:10:20").ends_with("a.rs</a> — lines 10:20</div>"));
+    let spans = code_spans(
+        "a `read` and [`select`](select.md)\n```\n`poll`\n```\n# `epoll`\n\
+         <!-- `write` -->[`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)",
+    );
+    let seen: Vec<(usize, &str, Option<&str>)> = spans
+        .iter()
+        .map(|s| (s.line, s.text.as_str(), s.link.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "read", None),
+            (1, "select", Some("select.md")),
+            (
+                6,
+                "poll(2)",
+                Some("https://man7.org/linux/man-pages/man2/poll.2.html")
+            ),
+        ]
+    );
+    assert_eq!(man_page_of("poll(2)"), Some(("poll", 2)));
+    assert_eq!(man_page_of("poll(7)"), None);
+    assert_eq!(
+        exercises("## Exercises\n\n1. a\n   2. no\n2. b\n```\n3. no\n```\n## Next\n4. no"),
+        [1, 2]
+    );
+    assert_eq!(
+        answers("### blocking 2: The pool\n### x\n## blocking 3\n### select 10"),
+        [("blocking".to_owned(), 2), ("select".to_owned(), 10)]
+    );
+}
