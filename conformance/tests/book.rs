@@ -8,6 +8,15 @@
 //! and the options it passes (`cargo run -p epoll -- --edge --read-once`) must be ones that the
 //! binary accepts, in the book, the README and the crates' own headers alike.
 //!
+//! The book's conventions for readers are checked here too, and every failure says what to add
+//! (docs/CONTRIBUTING.md describes them):
+//! - a caption line, `<div class="code-caption">` with the file (linked, relative to the page)
+//!   and the region, then a blank line, above every code block that includes a region;
+//! - each page's first mention of a call in backticks links to its man page,
+//!   `https://man7.org/linux/man-pages/manN/NAME.N.html`, NAME(N) listed in `MAN_PAGES`;
+//! - a `<p class="figure-caption">` sentence after every plot of measurements/;
+//! - for exercise N under `## Exercises` in STEM.md, a heading `### STEM N: title` in answers.md.
+//!
 //! Run with `cargo test -p conformance --test book`.
 
 use std::fs;
