@@ -88,58 +88,55 @@ impl Parser {
         }
         Ok(v)
     }
+    /// The items of an object or array, from its opening bracket (at `self.at`) to `close`.
+    fn sequence(
+        &mut self,
+        close: char,
+        mut item: impl FnMut(&mut Parser) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.at += 1;
+        self.blank();
+        if self.chars.get(self.at) == Some(&close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.blank();
+            match self.chars.get(self.at) {
+                Some(',') => self.at += 1,
+                Some(&c) if c == close => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => bail!("expected ',' or '{close}' at character {}", self.at),
+            }
+        }
+    }
+
     fn value(&mut self) -> anyhow::Result<Value> {
         self.blank();
         match self.chars.get(self.at) {
             Some('{') => {
-                self.at += 1;
                 let mut fields = Vec::new();
-                self.blank();
-                if self.chars.get(self.at) == Some(&'}') {
-                    self.at += 1;
-                    return Ok(Value::Object(fields));
-                }
-                loop {
-                    self.blank();
-                    let Value::String(key) = self.value()? else {
-                        bail!(
-                            "an object key that is not a string, at character {}",
-                            self.at
-                        );
+                self.sequence('}', |p| {
+                    p.blank();
+                    let Value::String(key) = p.value()? else {
+                        bail!("an object key that is not a string, at character {}", p.at);
                     };
-                    self.eat(':')?;
-                    fields.push((key, self.value()?));
-                    self.blank();
-                    match self.chars.get(self.at) {
-                        Some(',') => self.at += 1,
-                        Some('}') => {
-                            self.at += 1;
-                            return Ok(Value::Object(fields));
-                        }
-                        _ => bail!("expected ',' or '}}' at character {}", self.at),
-                    }
-                }
+                    p.eat(':')?;
+                    fields.push((key, p.value()?));
+                    Ok(())
+                })?;
+                Ok(Value::Object(fields))
             }
             Some('[') => {
-                self.at += 1;
                 let mut items = Vec::new();
-                self.blank();
-                if self.chars.get(self.at) == Some(&']') {
-                    self.at += 1;
-                    return Ok(Value::Array(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.blank();
-                    match self.chars.get(self.at) {
-                        Some(',') => self.at += 1,
-                        Some(']') => {
-                            self.at += 1;
-                            return Ok(Value::Array(items));
-                        }
-                        _ => bail!("expected ',' or ']' at character {}", self.at),
-                    }
-                }
+                self.sequence(']', |p| {
+                    items.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Value::Array(items))
             }
             Some('"') => {
                 self.at += 1;
