@@ -3,47 +3,46 @@
 //! One thread serves every client. Each socket is handed to the kernel once, when it arrives
 //! (`epoll_ctl`), and stays in the kernel's interest list until it closes; each pass of the loop
 //! sleeps in `epoll_wait` and gets back only the sockets that are ready, then makes only the
-//! calls that will not block.
+//! calls that will not block. This file is the level-triggered server; `--edge` runs the
+//! edge-triggered one, `edge.rs`, the same skeleton with EPOLLET.
 //!
 //! Run it beside the client:
 //!
 //! ```text
-//! cargo run -p epoll                       # terminal 1 (level-triggered)
-//! cargo run -p epoll -- --edge             # or: edge-triggered
+//! cargo run -p epoll                       # terminal 1 (level-triggered, this file)
+//! cargo run -p epoll -- --edge             # or: edge-triggered (edge.rs)
 //! cargo run -p epoll -- --edge --read-once # or: edge-triggered with the classic bug
 //! cargo run -p client                      # terminal 2, 3, 4 ...
 //! ```
 //!
-//! Watch: `-v` prints every wake-up (`epoll_wait: 2 ready of 5 watched: L=in 3=in|out`, each
-//! socket's key and flags); `top` shows ~0% CPU while the clients are idle, and a wait costs the
-//! same with 10,000 idle clients as with one. With `--edge --read-once`, send 10,000 bytes at
-//! once (`python3 -c "print('a'*10000)" | cargo run -q -p client`) and watch the reply stop
-//! at 4096: no new edge comes for bytes already there.
+//! Watch: `-v` prints every wake-up (`epoll_wait: 2 ready of 5 watched`) and each ready
+//! client's flags (`EpollFlags(EPOLLIN)`); `top` shows ~0% CPU while the clients are idle, and a
+//! wait costs the same with 10,000 idle clients as with one. (`--read-once`: see `edge.rs`.)
 //!
 //! Diff it: `diff poll/src/main.rs epoll/src/main.rs` (an array each pass → a set kept in the
-//! kernel: register once, get only the ready ones back).
+//! kernel: register once, get only the ready ones back), then `diff epoll/src/main.rs
+//! epoll/src/edge.rs` (level-triggered → edge-triggered).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::signal::SigSet;
 use support::{Counter, STATS, say, trace};
+
+mod edge; // the edge-triggered server, with --edge
+mod pwait; // epoll_wait with a signal mask, which nix 0.32 does not wrap
+use pwait::epoll_pwait;
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
 /// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
-/// Edge-triggered, reads per event at most, so that a client that sends as fast as we read
-/// cannot keep the loop to itself (see phase 4).
-const READS_PER_EVENT: usize = 16;
 /// Events fetched per wait; more stay on the kernel's ready list for the next wait.
 const MAX_EVENTS: usize = 1024;
 /// The listener's key in event data. Clients' keys count up from 0 and never reach it.
@@ -63,16 +62,13 @@ struct Args {
     #[command(flatten)]
     common: support::Common,
 
-    /// Register every socket edge-triggered (EPOLLET): each change is reported once, so every
-    /// accept, read and write loop runs until WouldBlock.
+    /// Register every socket edge-triggered (EPOLLET, edge.rs): each change is reported once,
+    /// so every accept, read and write loop runs until WouldBlock.
     #[arg(long)]
     edge: bool,
 
-    /// A deliberate bug, to watch: with --edge, read only once (4096 bytes) per event, so input
-    /// beyond that stalls until the client sends again. Without --edge it changes nothing: a
-    /// level-triggered wait reports the leftover bytes again.
-    #[arg(long)]
-    read_once: bool,
+    #[command(flatten)]
+    edge_options: edge::Options,
 }
 
 // ANCHOR: client
@@ -88,8 +84,6 @@ struct Client {
     broken: bool,
     /// The events it is registered for, as the kernel has them (changed only by `modify`).
     interest: EpollFlags,
-    /// Input may be waiting: set by an event, cleared only by a read that would block.
-    readable: bool,
 }
 
 impl Client {
@@ -101,7 +95,6 @@ impl Client {
             eof: false,
             broken: false,
             interest: EpollFlags::empty(),
-            readable: false,
         }
     }
     /// Read interest: not after EOF, and not while its output is backed up (back-pressure).
@@ -119,16 +112,9 @@ impl Client {
         trace!("{}: {err}; closing", self.peer);
         self.broken = true;
     }
-    /// What to register. Level-triggered: exactly what it wants now, or the kernel would wake
-    /// us again and again for a socket we mean to ignore. Edge-triggered: everything, once, and
-    /// our own state (`readable`, `wants_read`, `wants_write`) decides what each edge is worth.
-    fn wanted(&self, edge: bool) -> EpollFlags {
-        if edge {
-            return EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLOUT
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLET;
-        }
+    /// What to register: exactly what it wants now. Level-triggered, a socket registered for
+    /// an event we mean to ignore would wake us again and again.
+    fn wanted(&self) -> EpollFlags {
         let mut events = EpollFlags::empty();
         events.set(EpollFlags::EPOLLIN, self.wants_read());
         events.set(EpollFlags::EPOLLOUT, self.wants_write());
@@ -140,7 +126,11 @@ impl Client {
 fn main() -> ExitCode {
     let args = Args::parse();
     support::init(&args.common);
-    support::finish(run(&args))
+    support::finish(if args.edge {
+        edge::run(&args)
+    } else {
+        run(&args)
+    })
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
@@ -151,10 +141,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("set_nonblocking")?;
     let wait_mask = support::catch_signals()?;
     // The interest list lives in the kernel: the listener goes in once, under its own key.
-    let (edge, drain) = (args.edge, args.edge && !args.read_once);
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
-    let mut listen_for = EpollFlags::EPOLLIN;
-    listen_for.set(EpollFlags::EPOLLET, edge);
+    let listen_for = EpollFlags::EPOLLIN;
     epoll
         .add(&listener, EpollEvent::new(listen_for, LISTENER))
         .context("epoll_ctl(ADD, listener)")?;
@@ -176,31 +164,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("epoll_wait"),
         };
+        trace!("epoll_wait: {n} ready of {} watched", clients.len() + 1);
         // A wait that finds a socket ready at once returns without letting a Ctrl-C in: it
         // stays pending, blocked. Under steady load that is every wait, so ask after each one.
         if support::stop_pending() {
             break;
         }
-        let ready = &events[..n];
-        trace!(
-            "epoll_wait: {n} ready of {} watched:{}",
-            clients.len() + 1,
-            describe(ready)
-        );
         STATS.wakeups.add(1);
         EVENTS.add(n as u64);
-        let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
         // EPOLLHUP and EPOLLERR come back whether asked for or not: count them as readable and
         // writable, so that the read or the write reports the EOF or the error; ignored, they
         // would make every level-triggered wait return at once, for ever.
         let gone = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
         let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | gone;
         let writable = EpollFlags::EPOLLOUT | gone;
+        let ready = &events[..n];
+        let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
         // ANCHOR_END: wait
 
         // Phase 2: accept every connection waiting in the listen queue.
         if listener_ready {
-            handle_new_connection(&listener, &epoll, &mut clients, &mut spare, edge);
+            handle_new_connection(&listener, &epoll, &mut clients, &mut spare);
         }
 
         // ANCHOR: read_write
@@ -209,28 +193,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let Some(client) = clients.get_mut(&event.data()) else {
                 continue; // the listener: done in phase 2
             };
-            // Level-triggered, this event is the whole truth: input left unread is reported
-            // again by the next wait. Edge-triggered, it is only news, reported once: remember
-            // that input is waiting until a read says WouldBlock.
-            client.readable = event.events().intersects(readable) || (edge && client.readable);
-            // Write first, then read. A flush that brings a back-pressured client's output
-            // below MAX_PENDING lets the read below go on where it stopped. Edge-triggered this
-            // is no optimisation: the bytes still queued in the kernel raised their edge long
-            // ago, none will come for them, and without this read the client stalls for good.
+            trace!("{}: {:?}", client.peer, event.events());
+            // Write first, then read: a flush that brings a back-pressured client's output
+            // below MAX_PENDING lets it read again at once.
             if event.events().intersects(writable) {
                 flush(client);
             }
-            // Edge-triggered, read until a read says WouldBlock (or EOF or back-pressure stops
-            // us), or READS_PER_EVENT reads: a client that sends as fast as we read would keep
-            // the loop here for ever, every other client and Ctrl-C waiting. Level-triggered,
-            // once is enough: the next wait reports what is left.
-            let mut reads = 0;
-            while client.readable && client.wants_read() && reads < READS_PER_EVENT {
+            // Once is enough: input left unread is reported again by the next wait.
+            if event.events().intersects(readable) && client.wants_read() {
                 handle_client_data(client, &mut buf);
-                reads += 1;
-                if !drain {
-                    break; // --read-once with --edge: the rest waits for an edge that never comes
-                }
             }
         }
         // ANCHOR_END: read_write
@@ -243,18 +214,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let Some(client) = clients.get_mut(&key) else {
                 continue;
             };
-            // Level-triggered: one epoll_ctl when reading or writing is switched on or off, none
-            // on the passes in between. Edge-triggered interest never changes, but a client cut
-            // short by READS_PER_EVENT still has input that no new edge will announce:
-            // epoll_ctl(MOD) makes the kernel look at it again and put it back on the ready list,
-            // behind the others, so the next wait returns at once with it.
-            let wanted = client.wanted(edge);
-            let cut_short = drain && client.readable && client.wants_read();
-            if !client.finished() && (wanted != client.interest || cut_short) {
+            // One epoll_ctl when reading or writing is switched on or off, none on the passes
+            // in between.
+            let wanted = client.wanted();
+            if !client.finished() && wanted != client.interest {
                 MODIFIES.add(1);
                 match epoll.modify(&client.stream, &mut EpollEvent::new(wanted, key)) {
                     Ok(()) => {
-                        trace!("{}: now registered for {}", client.peer, names(wanted));
+                        trace!("{}: now registered for {wanted:?}", client.peer);
                         client.interest = wanted;
                     }
                     Err(e) => client.fail(e.into()),
@@ -277,9 +244,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         // ANCHOR_END: close
     }
-    let mode = if edge { "edge" } else { "level" };
     support::summary(&[
-        (&format!("{mode}-triggered events"), EVENTS.get()),
+        ("level-triggered events", EVENTS.get()),
         ("epoll_ctl add", ADDS.get()),
         ("modify", MODIFIES.get()),
         ("delete", DELETES.get()),
@@ -294,7 +260,6 @@ fn handle_new_connection(
     epoll: &Epoll,
     clients: &mut HashMap<u64, Client>,
     spare: &mut Option<File>,
-    edge: bool,
 ) {
     loop {
         STATS.calls.add(1);
@@ -310,7 +275,7 @@ fn handle_new_connection(
                 // could be taken for an earlier connection that had the same number.
                 let key = STATS.connections.get(); // 0, 1, 2, ...
                 let mut client = Client::new(stream, peer);
-                client.interest = client.wanted(edge);
+                client.interest = client.wanted();
                 ADDS.add(1);
                 if let Err(e) = epoll.add(&client.stream, EpollEvent::new(client.interest, key)) {
                     trace!("{peer}: epoll_ctl(ADD): {e}");
@@ -332,22 +297,13 @@ fn handle_new_connection(
             // No descriptor left. The connection stays queued and the listener stays ready,
             // so the next wait returns at once, for ever: a busy loop. Give back the spare
             // descriptor, accept the connection and close it, then take the spare again.
-            // Then go on (edge-triggered, no new edge would come for the rest of the queue),
-            // until the queue is empty, since EMFILE comes before accept looks at the queue,
-            // or until the spare cannot be taken again: going on would spin right here.
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
-                let waiting = match listener.accept() {
-                    Ok((_stream, peer)) => {
-                        say!("accept: {e}; closing {peer} unserved");
-                        true
-                    }
-                    Err(_) => false,
-                };
-                *spare = support::reserve_descriptor();
-                if !waiting || spare.is_none() {
-                    break;
+                if let Ok((_stream, peer)) = listener.accept() {
+                    say!("accept: {e}; closing {peer} unserved");
                 }
+                *spare = support::reserve_descriptor();
+                break;
             }
             // E.g. ECONNABORTED: the client gave up before we accepted it.
             Err(e) => {
@@ -372,11 +328,8 @@ fn handle_client_data(client: &mut Client, buf: &mut [u8]) {
             client.out.extend_from_slice(&buf[..n]);
             flush(client);
         }
-        // Drained: only new input makes it readable again (edge-triggered: a new edge).
-        Err(e) if support::would_block(&e) => {
-            STATS.would_block.add(1);
-            client.readable = false;
-        }
+        // Not ready after all (it happens); the next pass will ask again.
+        Err(e) if support::would_block(&e) => STATS.would_block.add(1),
         Err(e) if support::interrupted(&e) => {}
         Err(e) => client.fail(e),
     }
@@ -405,47 +358,3 @@ fn flush(client: &mut Client) {
     }
 }
 // ANCHOR_END: flush
-
-// ANCHOR: epoll_pwait
-/// epoll_wait with a signal mask installed for the length of the wait, as `pselect` and
-/// `ppoll` do: nix 0.32 wraps epoll_wait only, so this calls libc directly. Waits for ever.
-fn epoll_pwait(epoll: &Epoll, events: &mut [EpollEvent], mask: &SigSet) -> nix::Result<usize> {
-    let max = events.len().min(i32::MAX as usize) as i32;
-    // SAFETY: EpollEvent is #[repr(transparent)] over libc::epoll_event, so `events` is an
-    // array of `max` epoll_events for the kernel to fill; the mask is a valid sigset_t. Both
-    // outlive the call.
-    let n = unsafe {
-        libc::epoll_pwait(
-            epoll.0.as_raw_fd(),
-            events.as_mut_ptr().cast::<libc::epoll_event>(),
-            max,
-            -1,
-            mask.as_ref(),
-        )
-    };
-    Errno::result(n).map(|n| n as usize)
-}
-// ANCHOR_END: epoll_pwait
-
-/// ` L=in 3=in|out ...` for the `-v` trace: the key and flags of each ready socket (8 at most).
-fn describe(ready: &[EpollEvent]) -> String {
-    let mut text = String::new();
-    for event in ready.iter().take(8) {
-        match event.data() {
-            LISTENER => text.push_str(&format!(" L={}", names(event.events()))),
-            key => text.push_str(&format!(" {key}={}", names(event.events()))),
-        }
-    }
-    if ready.len() > 8 {
-        text.push_str(&format!(" (+{} more)", ready.len() - 8));
-    }
-    text
-}
-
-/// `in|out` for EPOLLIN | EPOLLOUT.
-fn names(flags: EpollFlags) -> String {
-    let names: Vec<String> = (flags.iter_names())
-        .map(|(name, _)| name.trim_start_matches("EPOLL").to_lowercase())
-        .collect();
-    names.join("|")
-}
