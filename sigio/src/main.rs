@@ -14,12 +14,13 @@
 //! cargo run -p client          # terminal 2, 3, 4 ...
 //! ```
 //!
-//! Watch: `-v` prints every signal (`signal: fd 5 in`); one wake-up answers for one socket and
+//! Watch: `-v` prints every signal (`signal: fd 5 PollFlags(POLLIN)`); one wake-up answers for one socket and
 //! one event, where epoll_wait hands back a batch. The signal queue is bounded (`ulimit -i`,
 //! RLIMIT_SIGPENDING); when it overflows the kernel sends a plain SIGIO that names nothing, and
 //! the server must try every socket (`SIGIO: ... rescanning`). Linux only: F_SETSIG is Linux's.
 //!
-//! Diff it: `diff epoll/src/main.rs sigio/src/main.rs` (the process asks → the kernel signals).
+//! Diff it: `diff epoll/src/edge.rs sigio/src/main.rs` (the process asks → the kernel signals;
+//! epoll's edge-triggered server is the neighbour, since a signal, like an edge, comes once).
 
 // Elsewhere, only `run`'s refusal is compiled; the rest of the file is the Linux model.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
@@ -27,18 +28,22 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, c_int, c_long};
+use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, c_long};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::signal::{SigSet, Signal};
+use nix::poll::PollFlags;
+use nix::sys::signal::Signal;
 use support::{Counter, STATS, say, trace};
+
+#[cfg(target_os = "linux")]
+mod signals; // arm a socket, block the signals, take them one at a time
+#[cfg(target_os = "linux")]
+use signals::{arm, block_signals, io_signal, next_signal};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -164,7 +169,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Some(info) if info.si_signo == io_signal() && info.si_code > 0 => {
                 // SAFETY: a signal sent for O_ASYNC, with F_SETSIG set, fills si_fd and si_band.
                 let (fd, band) = unsafe { (info.si_fd(), info.si_band()) };
-                trace!("signal: fd {fd} {}", band_names(band));
+                trace!(
+                    "signal: fd {fd} {:?}",
+                    PollFlags::from_bits_truncate(band as _)
+                );
                 if fd == listener.as_raw_fd() {
                     listener_ready = true;
                 } else {
@@ -358,84 +366,3 @@ fn flush(client: &mut Client) {
     }
 }
 // ANCHOR_END: flush
-
-// ANCHOR: signals
-/// The signal each socket sends. A real-time one, because those queue (one per event, each with
-/// its own siginfo) where classic signals merge into one; SIGRTMIN itself is left to libraries.
-#[cfg(target_os = "linux")]
-fn io_signal() -> c_int {
-    libc::SIGRTMIN() + 1
-}
-
-/// F_SETSIG from <fcntl.h> (Linux, every architecture); the libc crate does not export it.
-#[cfg(target_os = "linux")]
-const F_SETSIG: c_int = 10;
-
-/// Makes `fd` non-blocking and signal-driven: ready events raise `io_signal()` at this process.
-/// Owner and signal are set before O_ASYNC, so that even the first signal is the right one.
-#[cfg(target_os = "linux")]
-fn arm(fd: BorrowedFd) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    let check = |r: c_int| Errno::result(r).map(drop);
-    // nix 0.32's FcntlArg has neither F_SETOWN nor F_SETSIG: plain libc::fcntl.
-    // SAFETY: fcntl with integer arguments, on a descriptor that stays open for the call.
-    check(unsafe { libc::fcntl(raw, libc::F_SETOWN, std::process::id() as c_int) })?;
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(raw, F_SETSIG, io_signal()) })?;
-    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
-    fcntl(
-        fd,
-        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK | OFlag::O_ASYNC),
-    )?;
-    Ok(())
-}
-
-/// Blocks, in this (the only) thread, every signal the loop waits for, and returns that set:
-/// `io_signal()`, SIGIO (its stand-in when the queue is full), SIGINT and SIGTERM.
-#[cfg(target_os = "linux")]
-fn block_signals() -> nix::Result<SigSet> {
-    let named: SigSet = [Signal::SIGIO, Signal::SIGINT, Signal::SIGTERM]
-        .into_iter()
-        .collect();
-    let mut raw = *named.as_ref();
-    // nix's SigSet holds only named signals; a real-time one goes in with libc.
-    // SAFETY: `raw` is an initialised sigset_t and io_signal() a valid signal number.
-    Errno::result(unsafe { libc::sigaddset(&mut raw, io_signal()) })?;
-    // SAFETY: `raw` was built by sigemptyset/sigaddset.
-    let set = unsafe { SigSet::from_sigset_t_unchecked(raw) };
-    set.thread_block()?;
-    Ok(set)
-}
-
-/// Takes the next pending signal of `set`, with its siginfo: sleeping until there is one
-/// (sigwaitinfo), or, if `sleep` is false, failing with EAGAIN at once if there is none
-/// (sigtimedwait with a zero timeout). Not nix's `SigSet::wait`, which is sigwait and keeps
-/// only the signal's number; not a signalfd either, which would turn the signals back into a
-/// descriptor to wait on.
-#[cfg(target_os = "linux")]
-fn next_signal(set: &SigSet, sleep: bool) -> nix::Result<libc::siginfo_t> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::uninit();
-    let zero = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let timeout = if sleep { std::ptr::null() } else { &zero };
-    // SAFETY: `set` is a valid sigset_t, `info` has room for the answer, and `timeout` is null
-    // (no limit) or points to `zero`, which outlives the call.
-    Errno::result(unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), timeout) })?;
-    // SAFETY: sigwaitinfo succeeded, so it filled `info`.
-    Ok(unsafe { info.assume_init() })
-}
-
-/// `si_band` in a few letters for `-v`: `in`, `out`, `in|hup`, ...
-fn band_names(band: c_long) -> String {
-    let names = [
-        (POLLIN, "in"),
-        (POLLOUT, "out"),
-        (POLLERR, "err"),
-        (POLLHUP, "hup"),
-    ];
-    let set = names.iter().filter(|(bit, _)| band & *bit as c_long != 0);
-    set.map(|(_, name)| *name).collect::<Vec<_>>().join("|")
-}
-// ANCHOR_END: signals
