@@ -468,6 +468,107 @@ fn every_chapter_and_picture_exists() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// One count the book quotes for a diff between neighbours, "N changed lines (X out, Y in)",
+/// with the files of the last two-file `diff A B` line shown before it on the same page.
+#[derive(Debug, PartialEq)]
+struct QuotedDiff {
+    line: usize,
+    files: Option<(String, String)>,
+    counts: [usize; 3],
+}
+
+/// Finds the quoted diff counts of a page. The phrase may wrap across lines.
+fn quoted_diffs(text: &str) -> Vec<QuotedDiff> {
+    // Every word, with its line and the diff shown last before that line.
+    let mut words: Vec<(&str, usize, Option<(String, String)>)> = Vec::new();
+    let mut files = None;
+    for (index, line) in text.lines().enumerate() {
+        if let Some(rest) = line.trim_start().strip_prefix("diff ") {
+            files = match rest.split_whitespace().collect::<Vec<_>>()[..] {
+                [a, b] if !a.starts_with(['-', '<']) => Some((a.to_owned(), b.to_owned())),
+                _ => None,
+            };
+        }
+        words.extend(
+            line.split_whitespace()
+                .map(|w| (w, index + 1, files.clone())),
+        );
+    }
+    let number = |word: &str| word.trim_matches(['(', ')', ',']).parse::<usize>().ok();
+    let mut found = Vec::new();
+    for window in words.windows(7) {
+        let text: Vec<&str> = window.iter().map(|(word, _, _)| *word).collect();
+        if text[1..3] == ["changed", "lines"]
+            && text[3].starts_with('(')
+            && text[4] == "out,"
+            && text[6].starts_with("in)")
+            && let (Some(n), Some(out), Some(into)) =
+                (number(text[0]), number(text[3]), number(text[5]))
+        {
+            let (_, line, files) = &window[0];
+            found.push(QuotedDiff {
+                line: *line,
+                files: files.clone(),
+                counts: [n, out, into],
+            });
+        }
+    }
+    found
+}
+
+/// `diff -I '^//!' A B` as a student runs it (the `//!` header left out): lines changed in
+/// all, out (`<`) and in (`>`).
+fn diff_counts(a: &str, b: &str) -> [usize; 3] {
+    let output = Command::new("diff")
+        .args(["-I", "^//!", a, b])
+        .current_dir(workspace())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run diff (diffutils)");
+    assert!(
+        output.status.code().is_some_and(|code| code <= 1),
+        "diff {a} {b} failed"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let out = text.lines().filter(|l| l.starts_with('<')).count();
+    let into = text.lines().filter(|l| l.starts_with('>')).count();
+    [out + into, out, into]
+}
+
+/// The book quotes the size of each chapter's diff against its neighbour; a change to either
+/// crate that moves the count must update the book, or this fails.
+#[test]
+fn every_quoted_diff_count_is_the_diff() {
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (page, text) in book_pages() {
+        for quoted in quoted_diffs(&text) {
+            let Some((a, b)) = &quoted.files else {
+                problems.push(format!(
+                    "{}:{}: a diff count with no `diff A B` line before it",
+                    page.display(),
+                    quoted.line
+                ));
+                continue;
+            };
+            let actual = diff_counts(a, b);
+            checked += 1;
+            if actual != quoted.counts {
+                let [n, out, into] = actual;
+                problems.push(format!(
+                    "{}:{}: quotes {:?} for diff {a} {b}; it is {n} changed lines ({out} out, \
+                     {into} in)",
+                    page.display(),
+                    quoted.line,
+                    quoted.counts
+                ));
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} quoted diff counts found");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
 #[test]
 fn the_parsers_find_what_they_should() {
     // The helpers above decide what the other tests check; a parser that finds nothing would
@@ -512,6 +613,27 @@ fn the_parsers_find_what_they_should() {
 
     let ids = heading_ids("# I/O with `select`\n```sh\n# not a heading\n```\n### Phase 1: wait\n");
     assert_eq!(ids, ["io-with-select", "phase-1-wait"]);
+
+    let quoted = quoted_diffs(
+        "```text\ndiff a.rs b.rs\n```\nIt is 12 changed lines (5\nout, 7 in), then\n\
+         diff -u x y\nand 3 changed lines (1 out, 2 in).",
+    );
+    let files = Some(("a.rs".to_owned(), "b.rs".to_owned()));
+    assert_eq!(
+        quoted,
+        [
+            QuotedDiff {
+                line: 4,
+                files,
+                counts: [12, 5, 7]
+            },
+            QuotedDiff {
+                line: 7,
+                files: None,
+                counts: [3, 1, 2]
+            },
+        ]
+    );
 
     assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
     assert!(is_real("select") && !is_real("no-such-crate"));
