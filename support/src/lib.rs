@@ -1,9 +1,12 @@
 //! What every server in this workspace shares and none of them teaches.
 //!
 //! Command-line arguments, the echo transform, `-v` tracing, Ctrl-C handling and the exit
-//! summary live here, so that each chapter's `main.rs` holds only its I/O model. Nothing in this
-//! crate makes a socket, readiness or I/O call on a server's behalf: every `accept`, `read`,
-//! `write`, `select`, `poll` and `epoll_wait` of a model is in that model's own file.
+//! summary live here, so that each chapter's `main.rs` holds only its I/O model. What this crate
+//! does make, precisely: the listening socket (`socket`, `bind`, `listen`, in [`listen`]), the
+//! signal arrangements (`sigaction`, `pthread_sigmask`, `sigpending`, `sigwait`), and the spare
+//! descriptor (`open` of /dev/null). What it never makes: a readiness call (`select`, `poll`,
+//! `epoll_wait`, `sigwaitinfo`, `io_uring_enter` are each in their model's own file) or any
+//! per-connection I/O (`accept`, `read`, `write`, `close` of a client): those are the models.
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
