@@ -909,9 +909,29 @@ pub fn lecture_client(bin: &str, args: &[&str]) {
 ///
 /// `suite!(name, binary, [extra args], clients = N)` makes a module `name` whose tests include
 /// N concurrent clients; without `clients = N` the concurrency check is left out (for the
-/// iterative server, which serves one client at a time by design).
+/// iterative server, which serves one client at a time by design). With
+/// `clients = N, event_driven(idle = M)` it also runs the checks every one-thread event loop
+/// must pass: back-pressure, quiet with M idle clients, out of descriptors, a client leaving
+/// while back-pressured, and Ctrl-C under load.
 #[macro_export]
 macro_rules! suite {
+    ($name:ident, $bin:expr, [$($arg:expr),* $(,)?], clients = $n:expr,
+     event_driven(idle = $idle:expr)) => {
+        $crate::suite!(@tests $name, $bin, [$($arg),*], {
+            #[test]
+            fn concurrent_clients() { $crate::concurrent_clients(BIN, ARGS, $n) }
+            #[test]
+            fn back_pressure() { $crate::back_pressure(BIN, ARGS, 32) }
+            #[test]
+            fn idle_is_quiet() { $crate::idle_is_quiet(BIN, ARGS, $idle) }
+            #[test]
+            fn out_of_descriptors() { $crate::out_of_descriptors(BIN, ARGS) }
+            #[test]
+            fn leaving_while_back_pressured() { $crate::leaving_while_back_pressured(BIN, ARGS) }
+            #[test]
+            fn stop_under_load() { $crate::stop_under_load(BIN, ARGS) }
+        });
+    };
     ($name:ident, $bin:expr, [$($arg:expr),* $(,)?], clients = $n:expr) => {
         $crate::suite!(@tests $name, $bin, [$($arg),*], {
             #[test]

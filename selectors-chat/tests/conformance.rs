@@ -1,9 +1,11 @@
-//! `--echo` keeps the workspace's echo contract, on the default selector and on poll and select.
+//! `--echo` keeps the workspace's echo contract, on the default selector (with the event-driven
+//! checks) and on poll and select.
 conformance::suite!(
     echo,
     env!("CARGO_BIN_EXE_selectors-chat"),
     ["--echo"],
-    clients = 2000
+    clients = 2000,
+    event_driven(idle = 100)
 );
 conformance::suite!(
     echo_poll,
@@ -18,16 +20,6 @@ conformance::suite!(
     ["--echo", "--selector", "select"],
     clients = 900
 );
-
-#[test]
-fn echo_back_pressure() {
-    conformance::back_pressure(env!("CARGO_BIN_EXE_selectors-chat"), &["--echo"], 32);
-}
-
-#[test]
-fn echo_idle_is_quiet() {
-    conformance::idle_is_quiet(env!("CARGO_BIN_EXE_selectors-chat"), &["--echo"], 100);
-}
 
 /// Past FD_SETSIZE, `--selector select` refuses the connection with the reason, and goes on.
 #[test]
@@ -48,15 +40,11 @@ fn select_refuses_past_fd_setsize() {
     );
 }
 
-#[test]
-fn echo_out_of_descriptors() {
-    conformance::out_of_descriptors(env!("CARGO_BIN_EXE_selectors-chat"), &["--echo"]);
-}
-
+/// Ctrl-C under load on the other selectors too (the default's is `echo::stop_under_load`).
 #[test]
 fn echo_stop_under_load() {
     let bin = env!("CARGO_BIN_EXE_selectors-chat");
-    for selector in ["epoll", "poll", "select"] {
+    for selector in ["poll", "select"] {
         conformance::stop_under_load(bin, &["--echo", "--selector", selector]);
     }
 }
