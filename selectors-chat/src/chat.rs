@@ -18,7 +18,7 @@ use anyhow::Context;
 use support::{Counter, STATS, trace};
 
 use crate::selector::{Events, Selector};
-use crate::{BUF_SIZE, accept_ready, flush, refuse};
+use crate::{BUF_SIZE, flush, handle_new_connection, refuse};
 
 /// The longest line a client may send, in bytes, without its line ending.
 const MAX_LINE: usize = 4096;
@@ -66,6 +66,18 @@ struct Client {
 }
 
 impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr, name: String) -> Client {
+        Client {
+            stream,
+            peer,
+            name,
+            line: Vec::new(),
+            out: Vec::new(),
+            leaving: false,
+            broken: false,
+            cut_off: false,
+        }
+    }
     fn in_room(&self) -> bool {
         !self.leaving && !self.broken
     }
@@ -82,7 +94,7 @@ impl Client {
         trace!("{} ({}): {err}; closing", self.peer, self.name);
         self.broken = true;
     }
-    fn interest(&self) -> Events {
+    fn wanted(&self) -> Events {
         let mut events = Events::NONE;
         if self.wants_read() {
             events = events | Events::READ;
@@ -161,7 +173,7 @@ pub fn run(
 
 /// The listener's callback: accept everyone waiting, welcome each, tell the room.
 fn accept(chat: &mut Chat, _fd: RawFd, _events: Events) {
-    for (stream, peer) in accept_ready(&chat.listener, &mut chat.spare) {
+    for (stream, peer) in handle_new_connection(&chat.listener, &mut chat.spare) {
         if let Err(e) = chat.sel.register(&stream, Events::READ, serve) {
             refuse(peer, e);
             continue;
@@ -180,16 +192,7 @@ fn accept(chat: &mut Chat, _fd: RawFd, _events: Events) {
         );
         chat.broadcast(format!("* {name} joined\n").as_bytes());
         let fd = stream.as_raw_fd();
-        let mut client = Client {
-            stream,
-            peer,
-            name,
-            line: Vec::new(),
-            out: Vec::new(),
-            leaving: false,
-            broken: false,
-            cut_off: false,
-        };
+        let mut client = Client::new(stream, peer, name);
         client.send(
             format!(
                 "* welcome, you are {}; commands: /nick NAME, /who, /quit\n",
@@ -383,7 +386,7 @@ impl Chat {
                     self.close(fd);
                     continue;
                 }
-                let want = client.interest();
+                let want = client.wanted();
                 if asked != Some(want) {
                     if let Err(e) = self.sel.modify(&client.stream, want, serve) {
                         client.fail(e);

@@ -16,7 +16,7 @@ use anyhow::Context;
 use support::{Counter, STATS, trace};
 
 use crate::selector::{Events, Selector};
-use crate::{BUF_SIZE, accept_ready, flush, refuse};
+use crate::{BUF_SIZE, flush, handle_new_connection, refuse};
 
 /// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
@@ -50,6 +50,15 @@ struct Client {
 }
 
 impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            peer,
+            out: Vec::new(),
+            eof: false,
+            broken: false,
+        }
+    }
     /// Read interest: not after EOF, and not while its output is backed up (back-pressure).
     fn wants_read(&self) -> bool {
         !self.eof && !self.broken && self.out.len() < MAX_PENDING
@@ -66,7 +75,7 @@ impl Client {
         self.broken = true;
     }
     /// What to ask the selector for now.
-    fn interest(&self) -> Events {
+    fn wanted(&self) -> Events {
         let mut events = Events::NONE;
         if self.wants_read() {
             events = events | Events::READ;
@@ -121,20 +130,14 @@ pub fn run(
 // ANCHOR: accept
 /// The listener's callback: accept everyone waiting, register each with `serve`.
 fn accept(echo: &mut Echo, _fd: RawFd, _events: Events) {
-    for (stream, peer) in accept_ready(&echo.listener, &mut echo.spare) {
+    for (stream, peer) in handle_new_connection(&echo.listener, &mut echo.spare) {
         if let Err(e) = echo.sel.register(&stream, Events::READ, serve) {
             refuse(peer, e); // dropping `stream` closes it
             continue;
         }
         trace!("{peer}: connected ({} clients)", echo.clients.len() + 1);
-        let client = Client {
-            stream,
-            peer,
-            out: Vec::new(),
-            eof: false,
-            broken: false,
-        };
-        echo.clients.insert(client.stream.as_raw_fd(), client);
+        echo.clients
+            .insert(stream.as_raw_fd(), Client::new(stream, peer));
     }
 }
 // ANCHOR_END: accept
@@ -157,7 +160,7 @@ fn serve(echo: &mut Echo, fd: RawFd, events: Events) {
     }
     // Phase 4: ask the selector for what this client needs now (WRITE only while output is
     // pending), or close it, unregistering first: the selector holds the number, not the socket.
-    let want = client.interest();
+    let want = client.wanted();
     if !client.finished() && echo.sel.get_key(fd).map(|key| key.events) != Some(want) {
         MODIFIES.add(1);
         if let Err(e) = echo.sel.modify(&client.stream, want, serve) {

@@ -87,10 +87,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: accept_ready
+// ANCHOR: handle_new_connection
 /// Accepts every waiting connection, until accept answers WouldBlock, and returns them
-/// non-blocking. (The same loop as the other chapters' handle_new_connection.)
-fn accept_ready(listener: &TcpListener, spare: &mut Option<File>) -> Vec<(TcpStream, SocketAddr)> {
+/// non-blocking, for the echo's or the chat's `accept` callback to register.
+fn handle_new_connection(
+    listener: &TcpListener,
+    spare: &mut Option<File>,
+) -> Vec<(TcpStream, SocketAddr)> {
     let mut accepted = Vec::new();
     loop {
         STATS.calls.add(1);
@@ -110,8 +113,9 @@ fn accept_ready(listener: &TcpListener, spare: &mut Option<File>) -> Vec<(TcpStr
                 break;
             }
             Err(e) if support::interrupted(&e) => {}
-            // No descriptor left: the connection stays queued and the listener stays ready, a
-            // busy loop. Give back the spare, accept and close that one, take the spare again.
+            // No descriptor left. The connection stays queued and the listener stays ready,
+            // so the next wait returns at once, for ever: a busy loop. Give back the spare
+            // descriptor, accept the connection and close it, then take the spare again.
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
                 if let Ok((_stream, peer)) = listener.accept() {
@@ -129,7 +133,7 @@ fn accept_ready(listener: &TcpListener, spare: &mut Option<File>) -> Vec<(TcpStr
     }
     accepted
 }
-// ANCHOR_END: accept_ready
+// ANCHOR_END: handle_new_connection
 
 /// A connection the selector would not take (select's FD_SETSIZE): say why, then drop it.
 fn refuse(peer: SocketAddr, err: io::Error) {
