@@ -7,7 +7,7 @@
 //! - `single`: the iterative server. A second client connects (the kernel completes the
 //!   handshake and queues it) but is not served until the first leaves.
 //! - `thread`: a thread per connection. Simple, and fine for hundreds of clients.
-//! - `fork`: a process per connection, reaped with `waitpid` when it exits.
+//! - `fork`: a process per connection, reaped with `waitpid` when it exits (`fork.rs`).
 //! - `pool` (default): a fixed pool of `--workers` threads. Client N+1 waits in the queue
 //!   until a worker is free: the pool's upper limit, which the server announces on stderr.
 //!
@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::Pid;
 use support::{Counter, STATS, say, trace};
+
+mod fork; // --mode fork: a process per connection, and the reaping of them
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -84,8 +84,6 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// Connections closed unserved because a limit was reached.
 static REFUSED: Counter = Counter::new();
-/// Children reaped by `waitpid` (`--mode fork`).
-static REAPED: Counter = Counter::new();
 /// Clients that had to wait for a pool worker (`--mode pool`).
 static WAITED: Counter = Counter::new();
 
@@ -102,13 +100,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let to_stop = Arc::clone(&children);
     let mode = args.mode;
     support::exit_on_signal(move || {
-        stop_children(&to_stop);
+        fork::stop_children(&to_stop);
         let peak = ("peak clients at once", PEAK.load(Ordering::Relaxed) as u64);
         let refused = ("refused at a limit", REFUSED.get());
         match mode {
             Mode::Single => support::summary(&[]),
             Mode::Thread => support::summary(&[peak, refused]),
-            Mode::Fork => support::summary(&[peak, refused, ("children reaped", REAPED.get())]),
+            Mode::Fork => {
+                support::summary(&[peak, refused, ("children reaped", fork::REAPED.get())])
+            }
             Mode::Pool => support::summary(&[peak, refused, ("waited for a worker", WAITED.get())]),
         }
     })?;
@@ -125,7 +125,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     match args.mode {
         Mode::Single => serve_single(&listener, spare),
         Mode::Thread => serve_threads(&listener, spare, args.max_clients),
-        Mode::Fork => serve_processes(listener, spare, args.max_clients, &children)?,
+        Mode::Fork => fork::serve_processes(listener, spare, args.max_clients, &children)?,
         Mode::Pool => serve_pool(&listener, spare, args.workers as usize, args.queue),
     }
     Ok(())
@@ -224,94 +224,6 @@ fn serve_threads(listener: &TcpListener, mut spare: Option<File>, max_clients: u
     }
 }
 // ANCHOR_END: threads
-
-// ANCHOR: processes
-/// A process per connection. The child serves the client and exits; the parent closes its
-/// copy of the connection and goes back to accept. A dead child stays a zombie until its
-/// parent collects its exit status with waitpid; a thread of ours does that on each SIGCHLD.
-fn serve_processes(
-    listener: TcpListener,
-    mut spare: Option<File>,
-    max_clients: usize,
-    children: &Arc<Mutex<HashSet<Pid>>>,
-) -> anyhow::Result<()> {
-    // SIGCHLD is blocked here (and in every thread); the reaper takes it with sigwait. The
-    // classic alternative, a handler that makes accept fail with EINTR, does not work in Rust:
-    // std's accept quietly retries after EINTR.
-    let mut sigchld = SigSet::empty();
-    sigchld.add(Signal::SIGCHLD);
-    sigchld.thread_block()?;
-    let to_reap = Arc::clone(children);
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(move || {
-            while sigchld.wait().is_ok() {
-                reap(&to_reap);
-            }
-        })?;
-    loop {
-        let Some((stream, peer)) = accept(&listener, &mut spare) else {
-            continue;
-        };
-        // Held across fork, so the reaper cannot remove a child before it has been added.
-        let mut live = children.lock().unwrap();
-        if live.len() >= max_clients {
-            REFUSED.add(1);
-            say!("refusing {peer}: {max_clients} processes already serve clients (--max-clients)");
-            continue;
-        }
-        // SAFETY: the child is a copy of this thread alone. It touches no lock that another
-        // thread may hold at this moment: not `children`, and nothing the waiting threads use.
-        match unsafe { fork() } {
-            Ok(ForkResult::Child) => {
-                support::reset_signals_in_child();
-                // The child never accepts: close its copy of the listener, or the port would
-                // stay open for as long as any child lives, even after the parent is gone
-                // (and its copy of the spare, which only accept needs).
-                drop(listener);
-                drop(spare.take());
-                handle_client(stream, peer);
-                std::process::exit(0);
-            }
-            Ok(ForkResult::Parent { child }) => {
-                say!("{peer}: served by process {child}");
-                live.insert(child);
-                PEAK.fetch_max(live.len(), Ordering::Relaxed);
-                // `stream` is dropped here: the parent's copy closes, the child's stays open.
-            }
-            Err(e) => say!("fork for {peer}: {e}"),
-        }
-    }
-}
-
-/// Collects every child that has exited, without waiting for the ones still running.
-fn reap(children: &Mutex<HashSet<Pid>>) {
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        let pid = match status {
-            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => pid,
-            _ => break, // StillAlive: nobody else has exited
-        };
-        REAPED.add(1);
-        children.lock().unwrap().remove(&pid);
-    }
-}
-
-/// On Ctrl-C: ask every child to stop, and wait for them, so none is left behind.
-fn stop_children(children: &Mutex<HashSet<Pid>>) {
-    // The lock is never given back: the main thread, which forks only while holding it, cannot
-    // start a child after this point that nobody would stop (and that would fork a copy of
-    // this thread's locks, stderr's included, held).
-    let live = std::mem::ManuallyDrop::new(children.lock().unwrap());
-    for pid in live.iter() {
-        let _ = kill(*pid, Signal::SIGTERM);
-    }
-    for pid in live.iter() {
-        if waitpid(*pid, None).is_ok() {
-            REAPED.add(1);
-        }
-    }
-}
-// ANCHOR_END: processes
 
 // ANCHOR: pool
 /// A fixed pool of worker threads fed by a queue. When every worker is busy, a new client is
