@@ -12,26 +12,28 @@
 //!
 //! aio_suspend can wait neither for a listener nor, race-free, for a signal (it takes no mask).
 //! So an accept thread and a signal thread turn both into AIO completions: they write a byte to
-//! a pipe on which the loop always has an aio_read outstanding.
+//! a pipe on which the loop always has an aio_read outstanding (both in `posix/wake.rs`).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::errno::Errno;
 use nix::sys::aio::{Aio, AioRead, AioWrite, aio_suspend};
-use nix::sys::signal::{SigSet, SigevNotify};
+use nix::sys::signal::SigevNotify;
 use nix::sys::time::TimeSpec;
 use support::{Counter, STATS, say, trace};
+
+mod wake; // the accept thread and the signal thread, which wake aio_suspend through a pipe
+use wake::{spawn_acceptor, spawn_signal_waiter};
 
 /// Bytes read per `aio_read`.
 const BUF_SIZE: usize = 4096;
@@ -248,16 +250,7 @@ fn handle_new_connection(
         }
         let Waiting { stream, peer, .. } = next;
         STATS.connections.add(1);
-        let (op, reading, buf) = (None, true, vec![0u8; BUF_SIZE]);
-        let mut client = Client {
-            op,
-            reading,
-            stream,
-            peer,
-            buf,
-            len: 0,
-            sent: 0,
-        };
+        let mut client = Client::new(stream, peer);
         client.start(true);
         let (n, threads) = (clients.len() + 1, thread_count());
         trace!("{peer}: connected ({n} clients, {threads} threads)");
@@ -294,6 +287,18 @@ fn handle_client_data(client: &mut Client) {
 // ANCHOR_END: handle_client_data
 
 impl Client {
+    fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            op: None,
+            reading: true,
+            stream,
+            peer,
+            buf: vec![0u8; BUF_SIZE],
+            len: 0,
+            sent: 0,
+        }
+    }
+
     /// Submits the client's next request: a read into `buf`, or a write of the rest of the
     /// reply. If glibc refuses it, the client is left with none, and so is closed.
     fn start(&mut self, read: bool) {
@@ -349,76 +354,6 @@ impl Drop for Op<'_> {
             std::process::abort();
         }
     }
-}
-
-/// Accepts connections in a thread of its own, since aio_suspend cannot wait for a listener,
-/// and wakes the loop through the pipe. Ends when the listener is shut down (EINVAL).
-fn spawn_acceptor(
-    listener: TcpListener,
-    to_loop: SyncSender<(TcpStream, SocketAddr)>,
-    wake: File,
-) -> anyhow::Result<thread::JoinHandle<()>> {
-    let run = move || {
-        let mut spare = None;
-        loop {
-            // (Re)take the spare first: a free descriptor goes to it before any client.
-            spare = spare.or_else(support::reserve_descriptor);
-            let accepted = match listener.accept() {
-                // Out of descriptors: accept fails before it even looks for a connection. Give
-                // back the spare and accept into its slot (this may wait for the next client).
-                // If a descriptor is free beside the spare, clients have left since: serve it.
-                // If not, close it unserved, and take the spare back.
-                Err(e) if support::out_of_descriptors(&e) => {
-                    drop(spare.take());
-                    let accepted = listener.accept();
-                    spare = support::reserve_descriptor();
-                    match accepted {
-                        Ok((stream, peer)) if spare.is_none() => {
-                            drop(stream);
-                            say!("accept: {e}; closing {peer} unserved");
-                            continue;
-                        }
-                        other => other,
-                    }
-                }
-                other => other,
-            };
-            match accepted {
-                Ok(conn) => {
-                    if to_loop.send(conn).is_err() {
-                        return;
-                    }
-                    let _ = (&wake).write(b"a");
-                }
-                Err(e) if support::interrupted(&e) => {}
-                // The listener was shut down: we are stopping.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
-                Err(e) => trace!("accept: {e}"),
-            }
-        }
-    };
-    thread::Builder::new()
-        .name("acceptor".into())
-        .spawn(run)
-        .context("spawn the accept thread")
-}
-
-/// Ctrl-C, race-free without a mask on aio_suspend: this thread sleeps in ppoll with SIGINT
-/// and SIGTERM unblocked, the one place in the process where they are. The handler sets the
-/// stop flag, ppoll returns EINTR, and a byte on the pipe completes the loop's aio_read.
-fn spawn_signal_waiter(wait_mask: SigSet, wake: File) -> anyhow::Result<()> {
-    let run = move || {
-        let mut nothing: [nix::poll::PollFd; 0] = [];
-        while !support::stop_requested() {
-            let _ = nix::poll::ppoll(&mut nothing, None, Some(wait_mask));
-        }
-        let _ = (&wake).write(b"s");
-    };
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(run)
-        .context("spawn the signal thread")?;
-    Ok(())
 }
 
 /// Threads in this process, from /proc/self/status. The file is opened once, at set-up, and
