@@ -468,19 +468,22 @@ fn every_chapter_and_picture_exists() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// The two files of a `diff A B` line in the book.
+type DiffFiles = Option<(String, String)>;
+
 /// One count the book quotes for a diff between neighbours, "N changed lines (X out, Y in)",
 /// with the files of the last two-file `diff A B` line shown before it on the same page.
 #[derive(Debug, PartialEq)]
 struct QuotedDiff {
     line: usize,
-    files: Option<(String, String)>,
+    files: DiffFiles,
     counts: [usize; 3],
 }
 
 /// Finds the quoted diff counts of a page. The phrase may wrap across lines.
 fn quoted_diffs(text: &str) -> Vec<QuotedDiff> {
     // Every word, with its line and the diff shown last before that line.
-    let mut words: Vec<(&str, usize, Option<(String, String)>)> = Vec::new();
+    let mut words: Vec<(&str, usize, DiffFiles)> = Vec::new();
     let mut files = None;
     for (index, line) in text.lines().enumerate() {
         if let Some(rest) = line.trim_start().strip_prefix("diff ") {

@@ -248,10 +248,10 @@ fn handle_new_connection(
                 break;
             }
             Err(e) if support::interrupted(&e) => {}
-            // No descriptor left. The connection stays queued and the listener stays ready,
-            // so the next wait returns at once, for ever: a busy loop. Give back the spare
-            // descriptor, accept the connection and close it, then take the spare again, and
-            // go on (no new edge comes for the rest of the queue) until the queue is empty,
+            // No descriptor left. The connection stays queued, and no new edge comes for it:
+            // the one that named the listener has been taken. Give back the spare descriptor,
+            // accept the connection and close it, then take the spare again, and go on (the
+            // rest of the queue raised its edges already, too) until the queue is empty,
             // since EMFILE comes before accept looks at the queue, or until the spare cannot
             // be taken again: going on would spin right here.
             Err(e) if support::out_of_descriptors(&e) => {
@@ -315,7 +315,7 @@ fn handle_client_data(client: &mut Client, buf: &mut [u8], read_once: bool) -> b
 
 // ANCHOR: flush
 /// Writes as much queued output as the socket takes now; what it does not take stays queued,
-/// and the client keeps asking for EPOLLOUT until it is gone. Never waits.
+/// and the kernel reports an EPOLLOUT edge once the socket has room again. Never waits.
 fn flush(client: &mut Client) {
     while client.wants_write() {
         STATS.calls.add(1);
