@@ -13,6 +13,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -27,6 +28,37 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// What an echo server must send back for `data`.
 pub fn upper(data: &[u8]) -> Vec<u8> {
     data.to_ascii_uppercase()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workspace's binaries.
+
+/// The workspace root (this crate's parent directory).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("conformance/ has a parent")
+        .to_path_buf()
+}
+
+/// Where `cargo test` put the workspace's binaries: beside this test's `deps/` directory.
+/// A binary not built yet (`cargo test -p client` alone, say) is built first.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "-q", "-p", name])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name} failed");
+    }
+    path
 }
 
 // ---------------------------------------------------------------------------------------------

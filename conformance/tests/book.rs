@@ -23,13 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The workspace root (this crate's parent directory).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("conformance/ has a parent")
-        .to_path_buf()
-}
+use conformance::{binary, workspace};
 
 /// Every `.md` file under `dir`, recursively, in a stable order.
 fn markdown_files(dir: &Path) -> Vec<PathBuf> {
@@ -299,26 +293,6 @@ fn every_cargo_run_names_a_real_workspace_crate() {
         "only {seen} `cargo run -p` commands found in the book"
     );
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
-}
-
-/// Where `cargo test` put the workspace's binaries: beside this test's `deps/` directory.
-/// A binary not built yet (`cargo test -p conformance` alone) is built first.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/PROFILE/deps/");
-    let path = dir.join(name);
-    if !path.exists() {
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "-q", "-p", name])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p {name} failed");
-    }
-    path
 }
 
 /// The README, the book, and the `//!` headers of every crate: all the text that tells a

@@ -24,7 +24,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// The arguments every server takes; each chapter adds its own with `#[command(flatten)]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Address to listen on, IP:PORT (port 0 picks any free port).
+    /// Address to listen on: IP:PORT, localhost:PORT, or a bare PORT for 127.0.0.1:PORT
+    /// (port 0 picks any free port).
     #[arg(default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: SocketAddr,
 
@@ -34,10 +35,23 @@ pub struct Common {
 }
 // ANCHOR_END: common_args
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| {
+/// The one address parser of the workspace, for the servers and the client alike:
+/// `IP:PORT` (`[::1]:PORT` for IPv6), `localhost:PORT`, or a bare `PORT`, both meaning
+/// 127.0.0.1:PORT (the loopback address the servers bind by default). Nothing is looked up.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let loopback = |port: &str| {
+        port.parse()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let parsed = match s.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => loopback(port).ok(),
+        Some(_) => s.parse().ok(),
+        None => loopback(s).ok(),
+    };
+    parsed.ok_or_else(|| {
         format!(
-            "'{s}' is not an IP:PORT address; try 127.0.0.1:8080, or 127.0.0.1:0 for any free port"
+            "'{s}' is not an address: use IP:PORT, localhost:PORT or a bare PORT, e.g. \
+             127.0.0.1:8080 or 8080 (port 0 picks any free port)"
         )
     })
 }
@@ -431,8 +445,21 @@ mod tests {
     fn addresses_parse_or_explain() {
         assert_eq!(parse_addr("127.0.0.1:0").unwrap().port(), 0);
         assert!(parse_addr("[::1]:8080").is_ok());
-        let err = parse_addr("localhost").unwrap_err();
-        assert!(err.contains("127.0.0.1:8080"), "{err}");
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(parse_addr("localhost:8080"), Ok(loopback));
+        assert_eq!(parse_addr("LocalHost:8080"), Ok(loopback));
+        assert_eq!(parse_addr("8080"), Ok(loopback));
+        for garbage in [
+            "localhost",
+            "localhost:http",
+            "80800",
+            "example.com:80",
+            "1.2.3:4",
+            "",
+        ] {
+            let err = parse_addr(garbage).unwrap_err();
+            assert!(err.contains("IP:PORT") && err.contains("8080"), "{err}");
+        }
     }
 
     #[test]
