@@ -30,7 +30,7 @@
 
 use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -420,7 +420,7 @@ fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
                 if !held.is_empty() {
                     held.push(b'\n');
                 }
-                above(&mut out, &held, b"")?;
+                above(&mut out, &held, columns(&typed.line), b"")?;
                 drop(raw);
                 eprintln!("client: {SERVER_CLOSED}");
                 return Ok(());
@@ -429,7 +429,8 @@ fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
         }
         if let Some(end) = held.iter().rposition(|&b| b == b'\n') {
             let lines: Vec<u8> = held.drain(..=end).collect();
-            above(&mut out, &lines, &typed.line)?;
+            let drawn = columns(&typed.line);
+            above(&mut out, &lines, drawn, &typed.line)?;
         }
         if user {
             let n = io::stdin().lock().read(&mut buf).context("read stdin")?;
@@ -437,10 +438,11 @@ fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
                 break; // the terminal is gone
             }
             for &key in &buf[..n] {
+                let drawn = columns(&typed.line);
                 match typed.key(key) {
                     Edit::Nothing => {}
                     Edit::Echo => show(&mut out, &[key])?,
-                    Edit::Redraw => above(&mut out, b"", &typed.line)?,
+                    Edit::Redraw => above(&mut out, b"", drawn, &typed.line)?,
                     Edit::Enter(mut line) => {
                         show(&mut out, b"\n")?;
                         if !line.is_empty() {
@@ -462,12 +464,51 @@ fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `lines` where the typed line was, then draws the typed line again below them.
-fn above(out: &mut impl Write, lines: &[u8], typed: &[u8]) -> io::Result<()> {
-    // \r: back to the start of the line; ESC [ K: erase from there to its end.
-    show(out, &[b"\r\x1b[K", lines, typed].concat())
+/// Prints `lines` where the typed line is (`drawn` columns of it on the screen), then draws
+/// `typed` below them.
+fn above(out: &mut impl Write, lines: &[u8], drawn: usize, typed: &[u8]) -> io::Result<()> {
+    // Back to where the typed line starts, rows up if it wrapped (\r, then ESC [ n A), and
+    // erase from there to the end of the screen (ESC [ J).
+    let mut bytes = b"\r".to_vec();
+    let rows_up = drawn.saturating_sub(1) / terminal_width();
+    if rows_up > 0 {
+        bytes.extend_from_slice(format!("\x1b[{rows_up}A").as_bytes());
+    }
+    bytes.extend_from_slice(b"\x1b[J");
+    show(out, &[&bytes[..], lines, typed].concat())
 }
 // ANCHOR_END: follow
+
+/// The terminal's width in columns (80 if it does not say).
+fn terminal_width() -> usize {
+    let mut size = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into `size`, which outlives the call.
+    let got =
+        unsafe { nix::libc::ioctl(io::stdout().as_raw_fd(), nix::libc::TIOCGWINSZ, &mut size) };
+    if got == 0 && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
+
+/// How many columns a terminal gives `text`: two for each character of the East Asian wide
+/// ranges (汉字, かな, 한글, fullwidth forms, emoji), one for any other.
+fn columns(text: &[u8]) -> usize {
+    let width = |c: char| match u32::from(c) {
+        0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF => 2,
+        0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF => 2,
+        0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F => 2,
+        0x1F900..=0x1F9FF | 0x20000..=0x3FFFD => 2,
+        _ => 1,
+    };
+    String::from_utf8_lossy(text).chars().map(width).sum()
+}
 
 /// The line being typed in follow mode, and what each key does to it.
 #[derive(Default)]

@@ -94,7 +94,7 @@ impl Client {
     fn on_terminal(args: &[&str]) -> Client {
         let size = Winsize {
             ws_row: 24,
-            ws_col: 80,
+            ws_col: COLUMNS as u16,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -183,22 +183,21 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What a terminal shows after `bytes`, line by line. Knows what the client and the terminal's
-/// own echo write (text, CR, LF, backspace, erase to the end of the line, dim); anything else
-/// fails the test rather than be misread.
+/// Columns of the terminal the tests give the client.
+const COLUMNS: usize = 80;
+
+/// What a terminal of COLUMNS columns shows after `bytes`, row by row. Knows what the client and
+/// the terminal's own echo write (text, CR, LF, backspace, cursor up, erase to the end of the
+/// line or screen, dim); anything else fails the test rather than be misread.
 fn render(bytes: &[u8]) -> Vec<String> {
-    let mut lines = vec![Vec::new()];
-    let mut col = 0;
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0_usize, 0_usize);
     let mut chars = lossy(bytes).chars().collect::<Vec<char>>().into_iter();
     while let Some(c) = chars.next() {
-        let line = lines.last_mut().unwrap();
         match c {
             '\r' => col = 0,
-            '\n' => {
-                lines.push(Vec::new());
-                col = 0;
-            }
-            '\x08' => col = usize::saturating_sub(col, 1),
+            '\n' => row += 1,
+            '\x08' => col = col.saturating_sub(1),
             '\x1b' => {
                 assert_eq!(chars.next(), Some('['), "{:?}", lossy(bytes));
                 let mut sequence = String::new();
@@ -206,27 +205,39 @@ fn render(bytes: &[u8]) -> Vec<String> {
                     sequence.push(*c);
                     c.is_ascii_alphabetic()
                 });
+                let n: usize = sequence[..sequence.len() - 1].parse().unwrap_or(1);
                 match (sequence.as_str(), end) {
-                    ("K" | "0K", _) => line.truncate(col), // erase to the end of the line
-                    (_, Some('m')) => {}                   // colours and dimness
+                    (_, Some('A')) => row = row.saturating_sub(n),
+                    ("K" | "0K", _) => rows[row].truncate(col), // erase to the end of the line
+                    ("J" | "0J", _) => {
+                        rows[row].truncate(col); // ... and of the screen
+                        rows.truncate(row + 1);
+                    }
+                    (_, Some('m')) => {} // colours and dimness
                     _ => panic!("ESC [{sequence} on the screen: {:?}", lossy(bytes)),
                 }
             }
             c if c < ' ' => panic!("{c:?} on the screen: {:?}", lossy(bytes)),
             c => {
-                line.resize(line.len().max(col), ' ');
-                if col < line.len() {
-                    line[col] = c;
-                } else {
-                    line.push(c);
+                if col == COLUMNS {
+                    (row, col) = (row + 1, 0); // the line wraps
                 }
+                if rows.len() <= row {
+                    rows.resize(row + 1, Vec::new());
+                }
+                let line = &mut rows[row];
+                line.resize(line.len().max(col + 1), ' ');
+                line[col] = c;
                 col += 1;
             }
         }
+        if rows.len() <= row {
+            rows.resize(row + 1, Vec::new());
+        }
     }
-    // Blank cells at the end of a line look the same as none.
+    // Blank cells at the end of a row look the same as none.
     let text = |line: Vec<char>| String::from_iter(line).trim_end().to_owned();
-    lines.into_iter().map(text).collect()
+    rows.into_iter().map(text).collect()
 }
 
 /// A workspace binary's path, built first if need be.
@@ -563,6 +574,22 @@ fn follow_keeps_the_line_being_typed_whole() {
             "the room never heard it"
         );
     }
+    // A line longer than the terminal is wide wraps: all of its rows go down, and come back up
+    // whole when erased (Ctrl-U).
+    let long = "0123456789".repeat(10);
+    client.type_in(&long);
+    member.get_mut().write_all(b"again\n").unwrap();
+    let (head, tail) = long.split_at(COLUMNS);
+    client.wait_until("their line above our wrapped one", |out| {
+        let screen = render(out);
+        let n = screen.len();
+        screen[n - 3].ends_with(": again") && screen[n - 2] == head && screen[n - 1] == tail
+    });
+    client.type_in("\x15");
+    client.wait_until("the wrapped line erased", |out| {
+        let screen = render(out);
+        screen[screen.len() - 2].ends_with(": again") && screen[screen.len() - 1].is_empty()
+    });
     client.type_in("\x04"); // Ctrl-D: leave the room
     let device = client.terminal.clone().unwrap();
     let _keep_it = client.stdin.as_ref().unwrap().try_clone(); // the terminal ends with its last master
