@@ -50,8 +50,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const LINE_QUIET: Duration = Duration::from_millis(50);
 /// ... or once this long passed with nothing new and still no newline.
 const PARTIAL_QUIET: Duration = Duration::from_secs(1);
-/// After our EOF, how long a silent server gets before we stop listening to it.
+/// After our EOF, how long a silent server gets before we stop listening to it ...
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// ... or, in a pipe, one that has not yet sent back as many bytes as it was sent.
+const SLOW_QUIET: Duration = Duration::from_secs(3);
 /// How long a reply may keep a person waiting before the client says what it waits for.
 const NO_REPLY_HINT: Duration = Duration::from_secs(1);
 
@@ -313,12 +315,19 @@ fn pipe(stream: TcpStream, follow: bool) -> anyhow::Result<()> {
                 match &input_ended {
                     None => {} // still sending
                     Some((Err(_), _)) => break false,
-                    // An echo answers byte for byte, and may be slow to (the nonblocking
-                    // chapter's --sleep-ms): while it owes us bytes, wait as long as it takes.
-                    Some((Ok(sent), _)) if received < *sent => {}
-                    // Otherwise stop once it has been quiet for DRAIN_QUIET since our end.
-                    Some((Ok(_), ended_at)) => {
-                        match DRAIN_QUIET.checked_sub(last_at.max(*ended_at).elapsed()) {
+                    // Nothing back yet: the server may not have read us at all (the blocking
+                    // chapter's queued client). Wait as long as it takes, as a terminal does.
+                    Some(_) if received == 0 => {}
+                    // Then stop once it has been quiet since our end for DRAIN_QUIET, or for
+                    // SLOW_QUIET while it owes bytes (an echo answers byte for byte, perhaps
+                    // after a pause: the nonblocking chapter's --sleep-ms).
+                    Some((Ok(sent), ended_at)) => {
+                        let patience = if received < *sent {
+                            SLOW_QUIET
+                        } else {
+                            DRAIN_QUIET
+                        };
+                        match patience.checked_sub(last_at.max(*ended_at).elapsed()) {
                             Some(left) if !left.is_zero() => stream.set_read_timeout(Some(left))?,
                             _ => break false,
                         }
@@ -360,7 +369,7 @@ fn pipe(stream: TcpStream, follow: bool) -> anyhow::Result<()> {
 /// number of bytes sent.
 fn send_stdin(mut socket: TcpStream, server_closed: &AtomicBool) -> anyhow::Result<usize> {
     let mut stdin = io::stdin().lock();
-    let (mut buf, mut line) = (vec![0; BUF_SIZE], Vec::with_capacity(BUF_SIZE));
+    let (mut buf, mut unsent) = (vec![0; BUF_SIZE], Vec::with_capacity(2 * BUF_SIZE));
     let (mut sent, mut line_start) = (0, true);
     loop {
         let n = match stdin.read(&mut buf) {
@@ -372,20 +381,29 @@ fn send_stdin(mut socket: TcpStream, server_closed: &AtomicBool) -> anyhow::Resu
         if server_closed.load(Ordering::SeqCst) {
             bail!("{SERVER_CLOSED} before the end of the input");
         }
-        line.clear();
         for &byte in &buf[..n] {
             if !(byte == b'\n' && line_start) {
-                line.push(byte);
+                unsent.push(byte);
             }
             line_start = byte == b'\n';
         }
-        socket.write_all(&line).map_err(gone)?;
-        sent += line.len();
+        // Whole lines, in one write each time, as a terminal gives them: what the server reads
+        // then does not depend on the pieces the pipe came in. A line too long to wait for
+        // goes in pieces.
+        let whole = match unsent.iter().rposition(|&b| b == b'\n') {
+            _ if unsent.len() >= BUF_SIZE => unsent.len(),
+            Some(end) => end + 1,
+            None => 0,
+        };
+        socket.write_all(&unsent[..whole]).map_err(gone)?;
+        sent += whole;
+        unsent.drain(..whole);
     }
     if !line_start {
-        socket.write_all(b"\n").map_err(gone)?;
-        sent += 1;
+        unsent.push(b'\n');
     }
+    socket.write_all(&unsent).map_err(gone)?;
+    sent += unsent.len();
     // If this fails the connection is gone, and the reading side sees it.
     let _ = socket.shutdown(Shutdown::Write);
     Ok(sent)
