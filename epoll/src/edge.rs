@@ -7,8 +7,8 @@
 //!
 //! Watch: `-v` prints `EpollFlags(EPOLLOUT)` for a new client that owes nothing (an edge for
 //! nothing), and `EPOLLRDHUP` with the end-of-file. `--read-once` is the classic bug: send
-//! 10,000 bytes at once (`python3 -c "print('a'*10000)" | cargo run -q -p client`) and watch
-//! the reply stop at 4096, since no new edge comes for the bytes already there.
+//! 10,000 bytes at once (`(python3 -c "print('a'*10000)"; sleep 5) | cargo run -q -p client`)
+//! and watch the reply stop at 4096, since no new edge comes for the bytes already there.
 //!
 //! Diff it: `diff epoll/src/main.rs epoll/src/edge.rs` (level → edge), then
 //! `diff epoll/src/edge.rs sigio/src/main.rs` (the process asks → the kernel signals).
