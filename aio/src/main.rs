@@ -38,7 +38,9 @@
 //! `flush`) for the same jobs, now run when a completion arrives rather than when a socket is
 //! ready; `posix.rs` is `blocking --mode thread` behind an asynchronous interface.
 
+mod bufring;
 mod posix;
+mod ring;
 mod uring;
 
 use std::process::ExitCode;
@@ -68,10 +70,26 @@ struct Args {
     #[arg(long, hide = true)]
     simulate_no_uring: bool,
 
-    /// uring: behave as on a kernel before 5.19 (one accept per connection, one cancel per
-    /// operation), to test those paths on any machine.
+    /// uring: a kernel thread polls the submission ring (IORING_SETUP_SQPOLL), and the loop
+    /// watches the completion ring before it sleeps: almost no system calls under load, at the
+    /// price of a second thread that spins while there is work.
+    #[arg(long)]
+    sqpoll: bool,
+
+    /// uring: fail set-up as a kernel or sandbox that refuses --sqpoll does (EPERM).
+    #[arg(long, hide = true)]
+    simulate_no_sqpoll: bool,
+
+    /// uring: behave as Linux 5.19, before multishot receive (6.0): one receive per
+    /// submission, to test that path on any machine.
     #[arg(long, hide = true)]
     simulate_old_kernel: bool,
+
+    /// uring: receive buffers in the shared pool (a power of two); a small pool tests what
+    /// happens when it runs dry.
+    #[arg(long, hide = true, default_value_t = 1024)]
+    #[arg(value_parser = clap::value_parser!(u16).range(1..=32768))]
+    buffers: u16,
 
     /// uring: submission ring entries (the completion ring has 8 times as many); a small ring
     /// tests what happens when both fill.

@@ -1,72 +1,95 @@
-//! io_uring: the process queues whole operations (accept, recv, send, close) on a submission
+//! io_uring: the process queues whole operations (accept, receive, send, close) on a submission
 //! ring, the kernel performs them, and each one comes back as a completion carrying its result.
 //!
-//! Each operation in flight is one `Op` value in `ops`, found again by the completion's
-//! `user_data` (its index). The value owns what the kernel is using: the connection's socket
-//! and buffer travel from `Recv` to `Send` to `Recv`, so a buffer lives exactly until the final
-//! completion of the operation that uses it, and a connection has one operation at a time.
+//! Receives take their buffers from one shared pool, a provided-buffer ring (`bufring.rs`): a
+//! multishot receive, armed once per connection, takes a buffer only when data arrives, so an
+//! idle connection holds none; the buffer is sent back as the reply and then returned to the
+//! pool. With `--sqpoll` a kernel thread takes submissions off the ring by itself, and the loop
+//! looks for completions before it sleeps: a busy server makes almost no system calls.
+//! `ring.rs` holds the rings, the table of operations in flight, and the system call.
+//!
+//! A connection lives in `conns`, indexed by its descriptor, until no operation of its own is
+//! in flight: only then is its descriptor closed, and its slot free for the next one.
 
 use std::fs::File;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
-use io_uring::{IoUring, cqueue, opcode, squeue};
+use io_uring::{cqueue, opcode, squeue};
 use nix::sys::signal::Signal;
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{SockaddrStorage, getpeername};
 use support::{Counter, STATS, say, trace};
 
-/// Bytes received per `Recv`. Each connection owns one buffer of this size for its whole life
-/// (40 MiB at 10,000 clients); io_uring's provided-buffer rings are the remedy, not shown here.
+use crate::bufring::{self, BufRing, Held};
+use crate::ring::{Ring, accept_once, accepted, stop_signal_fd};
+
+/// Bytes per pooled buffer: the most one receive completion carries.
 const BUF_SIZE: usize = 4096;
+/// Buffers a connection may hold (received, reply not yet sent) before its receive is
+/// cancelled: a client that sends without reading is echoed this far ahead, then waits, and
+/// cannot empty the shared pool on its own.
+const MAX_HELD: usize = 4;
+/// The receive's flags (`ioprio`): IORING_RECV_MULTISHOT, and IORING_RECVSEND_POLL_FIRST, which
+/// waits for data before taking a buffer, so that arming a receive never takes one.
+const RECV_MULTISHOT: u16 = 2;
+const POLL_FIRST: u16 = 1;
 
-/// Operations handed to the kernel, completions it returned, and the system calls that took.
-static SUBMISSIONS: Counter = Counter::new();
-static COMPLETIONS: Counter = Counter::new();
-static ENTERS: Counter = Counter::new();
+/// Receives that found the pool empty (ENOBUFS).
+static NO_BUFFERS: Counter = Counter::new();
 
-/// One client. `buf` is a Vec, not a Box: moving a Box claims its memory is reachable through
-/// no other pointer, and the kernel holds one while an operation is in flight.
+/// One client.
 struct Conn {
     fd: OwnedFd,
     peer: String,
-    buf: Vec<u8>,
+    /// Buffers received and not yet wholly sent back.
+    held: Held,
+    receive: Receive,
+    /// End of file or an error: no receive is armed again, and the connection is closed once
+    /// its replies are sent and its receive is over.
+    ended: bool,
 }
 
-/// One operation in flight, holding whatever its completion needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// A receive is in flight: its key, to cancel it.
+    Armed(u64),
+    /// In flight, and asked to stop (too many buffers held, or the connection failed).
+    Cancelling,
+    /// None in flight.
+    Idle,
+}
+
+/// One operation in flight; a connection's operations name it by its descriptor.
+#[derive(Clone, Copy)]
 enum Op {
-    /// Accept on the listener. Multishot: one submission, one completion per connection, until
-    /// a completion without the MORE flag says it has stopped.
+    /// Multishot accept: one submission, one completion per connection (flag MORE) until one
+    /// without MORE says it has stopped. A multishot receive works the same way.
     Accept,
-    /// Out of descriptors (the error): one accept into the spare descriptor's slot.
-    Refuse(io::Error),
-    Recv(Conn),
-    /// Sending `buf[sent..len]`; a short send is resubmitted for the rest.
-    Send {
-        conn: Conn,
-        len: usize,
-        sent: usize,
-    },
-    Close(String),
+    /// Out of descriptors (this errno): one accept into the spare descriptor's slot.
+    Refuse(i32),
+    Recv(RawFd),
+    Send(RawFd),
+    Close,
     /// Waiting for SIGINT or SIGTERM: a poll on the signalfd.
     Signal,
-    /// Cancelling, on stop: every operation at once, or (before 5.19) one.
+    /// Cancelling: a connection's receive, or on stop every operation at once.
     Cancel,
 }
 
 struct Server {
-    ring: IoUring,
+    ring: Ring<Op>,
+    /// Declared after `ring`, so dropped after it: the kernel never outlives its buffers.
+    bufs: BufRing,
     listener: TcpListener,
     signals: SignalFd,
-    /// Operations in flight, indexed by `user_data`; `free` lists the empty slots.
-    ops: Vec<Option<Op>>,
-    free: Vec<usize>,
-    /// Completions taken off the ring and not yet handled (phase 2).
-    completions: Vec<cqueue::Entry>,
-    /// Multishot accept and cancel-any (both Linux 5.19)? Learnt from the first accept.
+    conns: Vec<Option<Conn>>,
+    /// Connections whose receive found the pool empty (ENOBUFS), waiting for a buffer.
+    starved: Vec<RawFd>,
+    /// Multishot receive (Linux 6.0)? Learnt from the first receive.
     multishot: bool,
     spare: Option<File>,
     clients: usize,
@@ -75,19 +98,20 @@ struct Server {
 
 pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: the ring first, so that a kernel without io_uring fails before we announce
-    // anything. The listener stays blocking: the process never calls accept itself.
-    let ring = new_ring(args)?;
+    // Set-up: the ring and its buffers first, so that a kernel without them fails before we
+    // announce anything. The listener stays blocking: the process never calls accept itself.
+    let ring = Ring::new(args)?;
+    let bufs = BufRing::new(ring.uring(), args.buffers, BUF_SIZE)?;
     let listener = support::listen(args.common.addr)?;
     let signals = stop_signal_fd()?;
     support::announce(&listener)?;
     let mut server = Server {
         ring,
+        bufs,
         listener,
         signals,
-        ops: Vec::new(),
-        free: Vec::new(),
-        completions: Vec::new(),
+        conns: Vec::new(),
+        starved: Vec::new(),
         multishot: !args.simulate_old_kernel,
         spare: support::reserve_descriptor(),
         clients: 0,
@@ -98,205 +122,143 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // ANCHOR_END: setup
 
     while !support::stop_requested() {
-        // ANCHOR: wait
+        // ANCHOR: loop
         // Phase 1: submit and wait. One io_uring_enter hands the kernel every operation queued
-        // since the last one and sleeps until at least one has completed. Ctrl-C comes back
-        // as a completion too (see `stop_signal_fd`), so the loop sees it however busy it is.
-        ENTERS.add(1);
-        let want = usize::from(server.completions.is_empty());
-        match server.ring.submit_and_wait(want) {
-            Ok(_) => {}
+        // since the last one and sleeps until at least one has completed (`Ring::wait`). Ctrl-C
+        // comes back as a completion too (see `stop_signal_fd`), so the loop sees it however
+        // busy it is.
+        match server.ring.wait() {
+            Ok(()) => {}
             Err(e) if support::interrupted(&e) => continue, // wait again
-            // The completion ring is full and the kernel holds more: drain it first.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e).context("io_uring_enter"),
         }
         STATS.wakeups.add(1);
-        server.completions.extend(server.ring.completion());
+        let completions = server.ring.completions();
+        let in_flight = server.ring.in_flight();
         trace!(
-            "io_uring_enter: {} completions, {} operations in flight",
-            server.completions.len(),
-            server.in_flight()
+            "{} completions, {in_flight} operations in flight",
+            completions.len()
         );
-        // ANCHOR_END: wait
 
         // Phase 2: accept, read and write all arrive here the same way, as completions, in
         // the order the kernel finished them; each may queue the connection's next operation.
-        for cqe in std::mem::take(&mut server.completions) {
-            server.complete(cqe);
+        for (op, result, flags) in completions {
+            server.complete(op, result, flags);
         }
+        // ANCHOR_END: loop
     }
     server.shutdown()?;
-    let (ops, calls) = (SUBMISSIONS.get(), ENTERS.get());
-    let completions = COMPLETIONS.get();
-    support::summary(&[
-        ("submissions", ops),
-        ("completions", completions),
-        ("io_uring_enter calls", calls),
-    ]);
-    let per_call = ops as f64 / calls.max(1) as f64;
-    say!("{ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter");
+    let empty = NO_BUFFERS.get();
+    server
+        .ring
+        .summary(vec![("receives without a buffer", empty)]);
     Ok(())
 }
 
-/// Creates the ring, or explains in one line why this kernel will not give us one. The
-/// completion ring is 8 times the submission ring: more than one entry per connection at
-/// 10,000 clients. Should it fill, the kernel keeps the rest (IORING_FEAT_NODROP).
-fn new_ring(args: &crate::Args) -> anyhow::Result<IoUring> {
-    let ring = if args.simulate_no_uring {
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
-    } else {
-        let entries = args.ring_entries;
-        IoUring::builder().setup_cqsize(8 * entries).build(entries)
-    };
-    ring.map_err(|err| {
-        let why = match err.raw_os_error() {
-            Some(libc::ENOSYS) => "this kernel has no io_uring, or a seccomp filter hides it",
-            Some(libc::EPERM) => {
-                "switched off in /proc/sys/kernel/io_uring_disabled, or blocked by seccomp"
-            }
-            _ => "io_uring set-up failed",
-        };
-        anyhow::anyhow!("cannot use io_uring: {err} ({why}); run with --backend posix")
-    })
-}
-
-/// SIGINT and SIGTERM as a descriptor. Both are blocked, so never delivered: they stay pending
-/// and make the signalfd readable, and a poll on the ring turns that into a completion. (The
-/// pselect way, a mask that unblocks them during the wait, is not enough here: the kernel
-/// applies it only if io_uring_enter sleeps, and under load there is always a completion
-/// ready, so Ctrl-C would wait for the load to stop.)
-fn stop_signal_fd() -> anyhow::Result<SignalFd> {
-    let set = support::stop_signals();
-    set.thread_block().context("pthread_sigmask")?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("signalfd")
-}
-
-/// The descriptor a completed accept returned, now ours, or its error.
-fn accepted(result: i32) -> io::Result<OwnedFd> {
-    if result < 0 {
-        return Err(io::Error::from_raw_os_error(-result));
-    }
-    // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(result) })
-}
-
 impl Server {
-    // ANCHOR: submit
-    /// Queues one operation. The entry points into buffers and descriptors that `op` owns, and
-    /// `op` stays in `ops` until the operation's final completion: that is what keeps it safe.
-    fn submit(&mut self, op: Op, entry: squeue::Entry) {
-        let key = self.free.pop().unwrap_or_else(|| {
-            self.ops.push(None);
-            self.ops.len() - 1
-        });
-        self.ops[key] = Some(op);
-        SUBMISSIONS.add(1);
-        let entry = entry.user_data(key as u64);
-        // SAFETY: see above; the memory the entry names outlives the operation.
-        while unsafe { self.ring.submission().push(&entry) }.is_err() {
-            // The submission ring is full: hand what it holds to the kernel to make room. If
-            // the completion ring is full too (EBUSY), take its entries out for phase 2 first.
-            ENTERS.add(1);
-            match self.ring.submit() {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    self.completions.extend(self.ring.completion());
-                }
-                // EINTR, or EAGAIN (no memory for the requests just now): try again.
-                Err(e) if support::interrupted(&e) || e.kind() == io::ErrorKind::WouldBlock => {}
-                // Only a broken ring gets here. `Drop` keeps the buffers the kernel holds.
-                Err(e) => panic!("io_uring_enter: {e}"),
-                Ok(_) => {}
-            }
-        }
-    }
-    // ANCHOR_END: submit
-
-    /// Removes the operation whose final completion has arrived.
-    fn take(&mut self, key: usize) -> Option<Op> {
-        let op = self.ops.get_mut(key)?.take()?;
-        self.free.push(key);
-        Some(op)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.ops.len() - self.free.len()
+    /// The connection, and beside it the pool its buffers come from.
+    fn conn(&mut self, fd: RawFd) -> (&mut Conn, &mut BufRing) {
+        let conn = self.conns[fd as usize].as_mut();
+        (
+            conn.expect("an operation outlived its connection"),
+            &mut self.bufs,
+        )
     }
 
     fn arm_accept(&mut self) {
         let fd = Fd(self.listener.as_raw_fd());
-        let entry = match self.multishot {
-            true => opcode::AcceptMulti::new(fd)
-                .flags(libc::SOCK_CLOEXEC)
-                .build(),
-            false => accept_once(fd),
-        };
-        self.submit(Op::Accept, entry);
+        let entry = opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC);
+        self.ring.submit(Op::Accept, entry.build());
     }
 
     fn arm_signal(&mut self) {
         let fd = Fd(self.signals.as_raw_fd());
         let entry = opcode::PollAdd::new(fd, libc::POLLIN as u32).build();
-        self.submit(Op::Signal, entry);
+        self.ring.submit(Op::Signal, entry);
     }
 
-    fn recv(&mut self, mut conn: Conn) {
-        let entry = opcode::Recv::new(
-            Fd(conn.fd.as_raw_fd()),
-            conn.buf.as_mut_ptr(),
-            BUF_SIZE as _,
-        );
-        self.submit(Op::Recv(conn), entry.build());
+    // ANCHOR: recv
+    /// Arms a receive that takes its buffer from the pool (BUFFER_SELECT): no buffer is named,
+    /// the completion says which one the data went into.
+    fn recv(&mut self, fd: RawFd) {
+        let flags = POLL_FIRST | if self.multishot { RECV_MULTISHOT } else { 0 };
+        let entry = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(bufring::GROUP)
+            .ioprio(flags)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        let key = self.ring.submit(Op::Recv(fd), entry);
+        self.conn(fd).0.receive = Receive::Armed(key);
+    }
+    // ANCHOR_END: recv
+
+    /// Sends what is left of the connection's oldest reply.
+    fn send(&mut self, fd: RawFd) {
+        if self.stopping {
+            return; // a send might never end (the client does not read): not now
+        }
+        let (conn, bufs) = self.conn(fd);
+        let rest = bufs.unsent(&conn.held);
+        let entry = opcode::Send::new(Fd(fd), rest.as_ptr(), rest.len() as u32);
+        self.ring
+            .submit(Op::Send(fd), entry.flags(libc::MSG_NOSIGNAL).build());
     }
 
-    fn send(&mut self, conn: Conn, len: usize, sent: usize) {
-        let rest = &conn.buf[sent..len];
-        let entry = opcode::Send::new(Fd(conn.fd.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL);
-        self.submit(Op::Send { conn, len, sent }, entry.build());
+    // ANCHOR: settle
+    /// After each completion of a connection's: arm its receive again, stop it (back-pressure,
+    /// or the connection failed), or close the connection once it is finished and nothing of
+    /// its own is in flight. Cancelling loses no data: what the receive already took still
+    /// completes, and the rest waits in the socket.
+    fn settle(&mut self, fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
+            return; // gone already (a stale entry in `starved`)
+        };
+        let full = conn.held.len() >= MAX_HELD;
+        match conn.receive {
+            Receive::Armed(key) if full || conn.ended => {
+                conn.receive = Receive::Cancelling;
+                self.ring
+                    .submit(Op::Cancel, opcode::AsyncCancel::new(key).build());
+            }
+            Receive::Idle if !conn.ended && !full && !self.stopping => self.recv(fd),
+            Receive::Idle if conn.ended && conn.held.len() == 0 => {
+                let conn = self.conns[fd as usize].take().expect("checked above");
+                self.clients -= 1;
+                trace!("{}: closed ({} clients)", conn.peer, self.clients);
+                let entry = opcode::Close::new(Fd(conn.fd.into_raw_fd()));
+                self.ring.submit(Op::Close, entry.build());
+            }
+            _ => {}
+        }
     }
-
-    /// The connection is finished: its buffer is freed now (no operation uses it any more) and
-    /// its descriptor is closed by one last operation.
-    fn close(&mut self, conn: Conn) {
-        self.clients -= 1;
-        let entry = opcode::Close::new(Fd(conn.fd.into_raw_fd()));
-        self.submit(Op::Close(conn.peer), entry.build());
-    }
+    // ANCHOR_END: settle
 
     // ANCHOR: complete
     /// One completion: the result of an operation, the data already copied.
-    fn complete(&mut self, cqe: cqueue::Entry) {
-        COMPLETIONS.add(1);
-        let (key, result) = (cqe.user_data() as usize, cqe.result());
-        // Only a multishot accept has more completions to come: it stays in its slot.
-        if cqueue::more(cqe.flags()) {
-            return self.handle_new_connection(accepted(result));
-        }
-        let Some(op) = self.take(key) else { return };
+    fn complete(&mut self, op: Op, result: i32, flags: u32) {
         match op {
-            Op::Cancel => {}
-            // Shutting down: each operation ends here, and dropping it closes its connection.
+            Op::Cancel | Op::Close => {}
+            Op::Recv(fd) => self.handle_client_data(fd, result, flags),
+            Op::Send(fd) => self.flush(fd, result),
+            // Shutting down: each remaining operation ends here, and dropping it closes it.
             Op::Accept | Op::Refuse(_) if self.stopping => drop(accepted(result)),
             _ if self.stopping => {}
-            Op::Accept => {
-                match accepted(result) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.multishot => {
-                        trace!("no multishot accept on this kernel: one accept per connection");
-                        self.multishot = false;
-                    }
-                    // The connection stays queued, and accepting again would fail again at
-                    // once, for ever. Give back the spare descriptor and accept into its slot.
-                    Err(e) if support::out_of_descriptors(&e) => {
-                        drop(self.spare.take());
-                        let entry = accept_once(Fd(self.listener.as_raw_fd()));
-                        return self.submit(Op::Refuse(e), entry);
-                    }
-                    other => self.handle_new_connection(other),
+            Op::Accept => match accepted(result) {
+                // The connection stays queued, and accepting again would fail again at once,
+                // for ever. Give back the spare descriptor and accept into its slot.
+                Err(e) if support::out_of_descriptors(&e) => {
+                    drop(self.spare.take());
+                    let entry = accept_once(Fd(self.listener.as_raw_fd()));
+                    self.ring.submit(Op::Refuse(-result), entry);
                 }
-                self.arm_accept();
-            }
-            Op::Refuse(why) => {
+                other => {
+                    self.handle_new_connection(other);
+                    if !cqueue::more(flags) {
+                        self.arm_accept(); // the multishot accept has stopped: start another
+                    }
+                }
+            },
+            Op::Refuse(errno) => {
                 // accept fails before it looks for a connection, so this one may have waited
                 // for the next. If a descriptor is free beside the spare, clients have left
                 // since: serve it. If not, close it unserved and take the spare back.
@@ -304,6 +266,7 @@ impl Server {
                 match accepted(result) {
                     Ok(fd) if self.spare.is_none() => {
                         drop(fd);
+                        let why = io::Error::from_raw_os_error(errno);
                         say!("accept: {why}; closing a connection unserved");
                         self.spare = support::reserve_descriptor();
                     }
@@ -311,9 +274,6 @@ impl Server {
                 }
                 self.arm_accept();
             }
-            Op::Recv(conn) => self.handle_client_data(conn, result),
-            Op::Send { conn, len, sent } => self.flush(conn, len, sent, result),
-            Op::Close(peer) => trace!("{peer}: closed ({} clients)", self.clients),
             // Ctrl-C or SIGTERM is pending: take it, and the loop condition ends the loop.
             Op::Signal => {
                 let info = self.signals.read_signal().ok().flatten();
@@ -330,9 +290,7 @@ impl Server {
     /// A completed accept: a connection to serve, or why there is none.
     fn handle_new_connection(&mut self, accepted: io::Result<OwnedFd>) {
         let fd = match accepted {
-            Ok(_) if self.stopping => return, // dropping it closes it
             Ok(fd) => fd,
-            Err(_) if self.stopping => return, // ECANCELED: we cancelled it
             // E.g. ECONNABORTED: the client gave up before it was accepted.
             Err(e) => return trace!("accept: {e}"),
         };
@@ -345,81 +303,117 @@ impl Server {
                 .map_or_else(|e| e.to_string(), |a| a.to_string()),
         };
         trace!("{peer}: connected ({} clients)", self.clients);
-        let buf = vec![0u8; BUF_SIZE];
-        self.recv(Conn { fd, peer, buf });
+        let raw = fd.as_raw_fd();
+        if self.conns.len() <= raw as usize {
+            self.conns.resize_with(raw as usize + 1, || None);
+        }
+        let (held, receive, ended) = (Held::default(), Receive::Idle, false);
+        self.conns[raw as usize] = Some(Conn {
+            fd,
+            peer,
+            held,
+            receive,
+            ended,
+        });
+        self.recv(raw);
     }
     // ANCHOR_END: handle_new_connection
 
     // ANCHOR: handle_client_data
-    /// A completed receive: the bytes are already in `conn.buf`.
-    fn handle_client_data(&mut self, mut conn: Conn, result: i32) {
+    /// A completed receive: the bytes are already in a pooled buffer, named by the flags.
+    fn handle_client_data(&mut self, fd: RawFd, result: i32, flags: u32) {
+        let multishot = self.multishot;
+        let (conn, bufs) = self.conn(fd);
+        if !cqueue::more(flags) {
+            conn.receive = Receive::Idle; // this receive is over
+        }
         match result {
-            // EOF. Everything received before it has been sent (we receive again only once
-            // a reply is fully sent), so there is nothing left to flush: close.
-            0 => self.close(conn),
             n if n > 0 => {
-                let n = n as usize;
+                let bid = cqueue::buffer_select(flags).expect("data without a buffer");
                 STATS.bytes_in.add(n as u64);
-                support::transform(&mut conn.buf[..n]);
-                self.send(conn, n, 0);
+                support::transform(bufs.take(&mut conn.held, bid, n as usize));
+                if conn.held.len() == 1 {
+                    self.send(fd); // nothing else being sent: send it now
+                }
             }
-            // Reset and the like: drop this client only.
-            err => {
-                let err = io::Error::from_raw_os_error(-err);
-                trace!("{}: recv: {err}; closing", conn.peer);
-                self.close(conn);
+            // The pool is empty; the data waits in the socket. Arm again when a buffer comes
+            // back (`flush`), not now: that would fail again at once. If we hold none, the
+            // completions not yet read hold them all, and arming again is safe.
+            e if -e == libc::ENOBUFS => {
+                NO_BUFFERS.add(1);
+                trace!("{}: no free buffer; receiving later", conn.peer);
+                self.starved.push(fd);
+                if self.bufs.held() == 0 {
+                    self.resume_starved();
+                }
+                return;
+            }
+            // We cancelled it (`settle`): armed again once fewer buffers are held.
+            e if -e == libc::ECANCELED => {}
+            // Multishot receive is Linux 6.0: on 5.19, one receive per submission.
+            e if -e == libc::EINVAL && multishot => {
+                trace!("no multishot receive on this kernel: one receive per submission");
+                self.multishot = false;
+            }
+            // EOF, or a reset and the like: drop this client once its replies are sent.
+            // Everything received before it is held, so nothing is lost.
+            result => {
+                if result < 0 {
+                    let err = io::Error::from_raw_os_error(-result);
+                    trace!("{}: recv: {err}; closing", conn.peer);
+                }
+                conn.ended = true;
             }
         }
+        self.settle(fd);
     }
     // ANCHOR_END: handle_client_data
 
     // ANCHOR: flush
-    /// A completed send. Back-pressure: the next receive is queued only once the whole reply
-    /// has gone, so a client that does not read stops being read, and holds one buffer.
-    fn flush(&mut self, conn: Conn, len: usize, sent: usize, result: i32) {
+    /// A completed send. Its buffer goes back to the pool once the whole reply has gone; then
+    /// a receive stopped for back-pressure may be armed again, and those waiting for a buffer.
+    fn flush(&mut self, fd: RawFd, result: i32) {
+        let (conn, bufs) = self.conn(fd);
         if result < 0 {
             let err = io::Error::from_raw_os_error(-result);
             trace!("{}: send: {err}; closing", conn.peer);
-            return self.close(conn);
-        }
-        STATS.bytes_out.add(result as u64);
-        let sent = sent + result as usize;
-        if sent < len {
-            self.send(conn, len, sent); // a short send: queue the rest
+            conn.ended = true;
+            bufs.release(&mut conn.held);
         } else {
-            self.recv(conn);
+            STATS.bytes_out.add(result as u64);
+            bufs.sent(&mut conn.held, result as usize);
+            if conn.held.len() > 0 {
+                self.send(fd); // the rest of a short send, or the next reply
+            }
         }
+        self.settle(fd);
+        self.resume_starved();
     }
     // ANCHOR_END: flush
+
+    /// Buffers have come back: arm every receive that found the pool empty. Those with data
+    /// compete for the buffers, and the losers wait for the next ones; never a busy retry.
+    fn resume_starved(&mut self) {
+        for fd in std::mem::take(&mut self.starved) {
+            self.settle(fd);
+        }
+    }
 
     // ANCHOR: shutdown
     /// On stop: cancel everything in flight, wait for every completion (each one is the kernel
     /// saying it no longer uses a buffer or descriptor), and only then free anything.
     fn shutdown(&mut self) -> anyhow::Result<()> {
         self.stopping = true;
-        if self.multishot {
-            // One entry cancels every operation: IORING_ASYNC_CANCEL_ANY, new in 5.19 like
-            // multishot accept. Before that, one entry per operation, named by its key.
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
-            self.submit(Op::Cancel, entry);
-        } else {
-            let keys: Vec<usize> = (0..self.ops.len())
-                .filter(|&k| self.ops[k].is_some())
-                .collect();
-            for key in keys {
-                self.submit(Op::Cancel, opcode::AsyncCancel::new(key as u64).build());
+        // One entry cancels every operation: IORING_ASYNC_CANCEL_ANY (Linux 5.19).
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
+        self.ring.submit(Op::Cancel, entry);
+        while self.ring.in_flight() > 0 {
+            match self.ring.wait() {
+                Err(e) if !support::interrupted(&e) => return Err(e).context("io_uring_enter"),
+                _ => {}
             }
-        }
-        while self.in_flight() > 0 {
-            ENTERS.add(1);
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if support::interrupted(&e) || e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(e).context("io_uring_enter"),
-            }
-            self.completions.extend(self.ring.completion());
-            for cqe in std::mem::take(&mut self.completions) {
-                self.complete(cqe);
+            for (op, result, flags) in self.ring.completions() {
+                self.complete(op, result, flags);
             }
         }
         Ok(())
@@ -431,17 +425,8 @@ impl Drop for Server {
     /// With operations still in flight (an error or a panic left the loop early), the kernel
     /// may yet write into their buffers: leak them rather than free them.
     fn drop(&mut self) {
-        if self.in_flight() > 0 {
-            std::mem::forget(std::mem::take(&mut self.ops));
+        if self.ring.in_flight() > 0 {
+            self.bufs.leak();
         }
     }
-}
-
-/// A single accept, for kernels without multishot (and for the out-of-descriptors remedy). The
-/// peer's address is not asked for: multishot cannot report it, so neither path does.
-fn accept_once(listener: Fd) -> squeue::Entry {
-    let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
-    opcode::Accept::new(listener, addr, len)
-        .flags(libc::SOCK_CLOEXEC)
-        .build()
 }

@@ -38,7 +38,7 @@ fn posix_idle_is_quiet() {
 }
 
 // The same contract on paths this machine's kernel would not take by itself.
-// Before Linux 5.19: one accept per connection, and on stop one cancel per operation.
+// Linux 5.19, before multishot receive: one receive per submission.
 conformance::suite!(
     uring_old_kernel,
     env!("CARGO_BIN_EXE_aio"),
@@ -76,3 +76,40 @@ fn uring_small_ring_stops_under_load() {
 fn posix_stops_under_load() {
     conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &["--backend", "posix"]);
 }
+
+// --sqpoll: a kernel thread takes the submissions, and the loop watches the completion ring
+// before it sleeps. The same contract, with almost no system calls.
+conformance::suite!(
+    uring_sqpoll,
+    env!("CARGO_BIN_EXE_aio"),
+    ["--backend", "uring", "--sqpoll"],
+    clients = 2_000
+);
+
+#[test]
+fn uring_sqpoll_back_pressure() {
+    let args = ["--backend", "uring", "--sqpoll"];
+    conformance::back_pressure(env!("CARGO_BIN_EXE_aio"), &args, 32);
+}
+
+#[test]
+fn uring_sqpoll_stops_under_load() {
+    let args = ["--backend", "uring", "--sqpoll"];
+    conformance::stop_under_load(env!("CARGO_BIN_EXE_aio"), &args);
+}
+
+/// Idle with --sqpoll: both the loop's watch and the kernel thread give up and sleep.
+#[test]
+fn uring_sqpoll_idle_is_quiet() {
+    let args = ["--backend", "uring", "--sqpoll"];
+    conformance::idle_is_quiet(env!("CARGO_BIN_EXE_aio"), &args, 200);
+}
+
+// A pool of 4 receive buffers for 2,000 clients: receives find it empty (ENOBUFS) and wait
+// for a buffer to come back, and no byte is lost or reordered.
+conformance::suite!(
+    uring_few_buffers,
+    env!("CARGO_BIN_EXE_aio"),
+    ["--backend", "uring", "--buffers", "4"],
+    clients = 2_000
+);

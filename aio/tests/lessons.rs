@@ -215,3 +215,56 @@ fn posix_resets_leak_nothing() {
 fn uring_small_ring_resets_leak_nothing() {
     resets_leak_nothing(&["--backend", "uring", "--ring-entries", "4"]);
 }
+
+/// A pool of 4 buffers, and 40 clients each sending 256 KiB at once while reading their
+/// replies: the pool runs dry again and again (the summary counts the receives that found it
+/// empty), every receive is armed again once a buffer returns, and every byte comes back right.
+#[test]
+fn uring_buffer_exhaustion_loses_nothing() {
+    let server = Server::start(BIN, &["--backend", "uring", "--buffers", "4"]);
+    let workers: Vec<_> = (0..40)
+        .map(|i| {
+            let mut c = server.connect();
+            std::thread::spawn(move || {
+                let data = conformance::Rng::new(i).bytes(256 * 1024);
+                let mut writer = c.try_clone().expect("clone");
+                let expected = upper(&data);
+                let sender = std::thread::spawn(move || {
+                    std::io::Write::write_all(&mut writer, &data).expect("write");
+                });
+                let got = conformance::read_exactly(&mut c, expected.len());
+                sender.join().expect("sender");
+                assert!(got == expected, "client {i}: reply differs");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a client failed");
+    }
+    let stopped = server.interrupt();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let empty = stopped
+        .stderr
+        .lines()
+        .flat_map(|line| line.split(", "))
+        .find_map(|part| part.strip_suffix(" receives without a buffer"))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        empty.is_some_and(|n| n > 0),
+        "the pool never ran dry, or the summary does not say:\n{}",
+        stopped.stderr
+    );
+}
+
+/// A kernel or sandbox that refuses the SQ polling thread: one line that names the way out,
+/// a non-zero exit, nothing announced. The hidden flag fails set-up with the EPERM such a
+/// sandbox gives, reported by the same code.
+#[test]
+fn sqpoll_refused_says_so() {
+    let out = run_to_exit(BIN, &["--sqpoll", "--simulate-no-sqpoll", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert_eq!(stderr.trim().lines().count(), 1, "want one line:\n{stderr}");
+    assert!(stderr.contains("without --sqpoll"), "no way out:\n{stderr}");
+    assert!(out.stdout.is_empty(), "announced although set-up failed");
+}

@@ -1,0 +1,169 @@
+//! A provided-buffer ring (Linux 5.19): one pool of receive buffers that every connection
+//! shares. The kernel takes a buffer from the ring only when a receive has data to put in it,
+//! and the completion says which one; we return it once its reply has been sent.
+//!
+//! The ring is an array of `{addr, len, bid}` entries in our memory, registered once. We write
+//! entries at the tail and publish the tail; the kernel consumes them from the head. Memory is
+//! bounded by the pool, not by the number of clients: `count` buffers of `size` bytes, and a
+//! page of a buffer is resident only once some receive has written to it.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::IoUring;
+use io_uring::types::BufRingEntry;
+
+/// The buffer group our receives name (one pool, so one group).
+pub const GROUP: u16 = 0;
+
+pub struct BufRing {
+    /// The ring's entries, page-aligned as the kernel requires; `count` of them.
+    entries: *mut BufRingEntry,
+    layout: Layout,
+    /// The buffers themselves, back to back. A Vec, not a Box: the kernel writes through
+    /// pointers of its own while we hold this.
+    bufs: Vec<u8>,
+    size: usize,
+    count: u16,
+    /// Our copy of the tail: where the next returned buffer goes.
+    tail: u16,
+    /// Buffers the kernel has given us and we have not yet returned.
+    held: usize,
+}
+
+/// The buffers one connection holds, oldest first: received, reply not yet wholly sent. The
+/// first one is being sent, `sent` bytes of it so far.
+#[derive(Default)]
+pub struct Held {
+    bufs: VecDeque<(u16, usize)>,
+    sent: usize,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.bufs.len()
+    }
+}
+
+impl BufRing {
+    // ANCHOR: new
+    /// Allocates `count` buffers of `size` bytes (count a power of two, at most 32,768) and
+    /// registers them with `ring`, or says in one line that this kernel has no buffer rings.
+    /// The caller must drop the ring before this (field order), and must not drop this while
+    /// an operation that may take a buffer is in flight.
+    pub fn new(ring: &IoUring, count: u16, size: usize) -> anyhow::Result<BufRing> {
+        anyhow::ensure!(
+            count.is_power_of_two(),
+            "--buffers {count}: not a power of two"
+        );
+        let bytes = usize::from(count) * size_of::<BufRingEntry>();
+        let layout = Layout::from_size_align(bytes, 4096).expect("ring layout");
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            handle_alloc_error(layout);
+        }
+        // Zeroed, so these pages stay out of RSS until a receive writes to them.
+        let bufs = vec![0u8; usize::from(count) * size];
+        let (tail, held) = (0, usize::from(count));
+        let mut pool = BufRing {
+            entries,
+            layout,
+            bufs,
+            size,
+            count,
+            tail,
+            held,
+        };
+        let submitter = ring.submitter();
+        // SAFETY: the entries live as long as `pool`, which outlives the ring (see above).
+        if let Err(err) =
+            unsafe { submitter.register_buf_ring_with_flags(entries as u64, count, GROUP, 0) }
+        {
+            anyhow::bail!(
+                "cannot use io_uring: no provided-buffer ring ({err}; they are new in Linux \
+                 5.19); run with --backend posix"
+            );
+        }
+        for bid in 0..count {
+            pool.give_back(bid);
+        }
+        Ok(pool)
+    }
+    // ANCHOR_END: new
+
+    /// A receive put `len` bytes in buffer `bid`: the connection holds it until it is sent
+    /// back. Returns those bytes.
+    pub fn take(&mut self, held: &mut Held, bid: u16, len: usize) -> &mut [u8] {
+        self.held += 1;
+        held.bufs.push_back((bid, len));
+        &mut self.bufs[usize::from(bid) * self.size..][..len]
+    }
+
+    /// What is left to send of the connection's oldest buffer.
+    pub fn unsent(&self, held: &Held) -> &[u8] {
+        let (bid, len) = held.bufs[0];
+        &self.bufs[usize::from(bid) * self.size..][held.sent..len]
+    }
+
+    /// `n` more bytes of the oldest buffer have been sent; once all of them have, the buffer
+    /// goes back to the kernel.
+    pub fn sent(&mut self, held: &mut Held, n: usize) {
+        held.sent += n;
+        if held.sent == held.bufs[0].1 {
+            let (bid, _) = held.bufs.pop_front().expect("checked above");
+            held.sent = 0;
+            self.give_back(bid);
+        }
+    }
+
+    /// The connection failed: every buffer it holds goes back unsent.
+    pub fn release(&mut self, held: &mut Held) {
+        while let Some((bid, _)) = held.bufs.pop_front() {
+            self.give_back(bid);
+        }
+        held.sent = 0;
+    }
+
+    /// How many buffers we hold. When none, an empty pool can only mean that completions we
+    /// have not read yet hold them all.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    // ANCHOR: give_back
+    /// Returns buffer `bid` to the kernel: write an entry at the tail, then publish the new
+    /// tail with a release store, so that the kernel never sees the tail before the entry.
+    fn give_back(&mut self, bid: u16) {
+        let slot = usize::from(self.tail & (self.count - 1));
+        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * self.size as u64;
+        // SAFETY: `slot` is inside the ring, and the kernel reads no entry past the tail.
+        let entry = unsafe { &mut *self.entries.add(slot) };
+        entry.set_addr(addr);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.held -= 1;
+        // SAFETY: the tail is a u16 inside the first entry, shared with the kernel.
+        let tail = unsafe { &*BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+    // ANCHOR_END: give_back
+
+    /// The kernel may still write into the buffers (an error left operations in flight):
+    /// never free them.
+    pub fn leak(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.bufs));
+        self.count = 0;
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            // SAFETY: allocated in `new` with this layout; the ring that used it is gone.
+            unsafe { dealloc(self.entries.cast(), self.layout) };
+        }
+    }
+}
