@@ -9,13 +9,34 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::IoUring;
-use io_uring::types::BufRingEntry;
+use io_uring::types::{BufRingEntry, Fd};
+use io_uring::{IoUring, opcode, squeue};
 
 /// The buffer group our receives name (one pool, so one group).
-pub const GROUP: u16 = 0;
+const GROUP: u16 = 0;
+/// Bytes per buffer: the most one receive completion carries.
+const BUF_SIZE: usize = 4096;
+/// The receive's flags (`ioprio`): IORING_RECV_MULTISHOT, and IORING_RECVSEND_POLL_FIRST, which
+/// waits for data before taking a buffer, so that arming a receive never takes one.
+const RECV_MULTISHOT: u16 = 2;
+const POLL_FIRST: u16 = 1;
+
+// ANCHOR: recv
+/// A receive that takes its buffer from the pool (BUFFER_SELECT): it names no buffer, and its
+/// completion says which one the data went into. Multishot: one completion per arrival, until
+/// one without the MORE flag says it has stopped.
+pub fn recv(fd: Fd, multishot: bool) -> squeue::Entry {
+    let flags = POLL_FIRST | if multishot { RECV_MULTISHOT } else { 0 };
+    let entry = opcode::Recv::new(fd, std::ptr::null_mut(), 0).buf_group(GROUP);
+    entry
+        .ioprio(flags)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+}
+// ANCHOR_END: recv
 
 pub struct BufRing {
     /// The ring's entries, page-aligned as the kernel requires; `count` of them.
@@ -30,6 +51,9 @@ pub struct BufRing {
     tail: u16,
     /// Buffers the kernel has given us and we have not yet returned.
     held: usize,
+    /// Connections whose receive found the pool empty (ENOBUFS), and how many times that was.
+    waiting: Vec<RawFd>,
+    ran_dry: u64,
 }
 
 /// The buffers one connection holds, oldest first: received, reply not yet wholly sent. The
@@ -48,11 +72,12 @@ impl Held {
 
 impl BufRing {
     // ANCHOR: new
-    /// Allocates `count` buffers of `size` bytes (count a power of two, at most 32,768) and
+    /// Allocates `count` buffers of BUF_SIZE bytes (a power of two, at most 32,768) and
     /// registers them with `ring`, or says in one line that this kernel has no buffer rings.
     /// The caller must drop the ring before this (field order), and must not drop this while
     /// an operation that may take a buffer is in flight.
-    pub fn new(ring: &IoUring, count: u16, size: usize) -> anyhow::Result<BufRing> {
+    pub fn new(ring: &IoUring, count: u16) -> anyhow::Result<BufRing> {
+        let size = BUF_SIZE;
         anyhow::ensure!(
             count.is_power_of_two(),
             "--buffers {count}: not a power of two"
@@ -66,7 +91,7 @@ impl BufRing {
         }
         // Zeroed, so these pages stay out of RSS until a receive writes to them.
         let bufs = vec![0u8; usize::from(count) * size];
-        let (tail, held) = (0, usize::from(count));
+        let (tail, held, waiting, ran_dry) = (0, usize::from(count), Vec::new(), 0);
         let mut pool = BufRing {
             entries,
             layout,
@@ -75,6 +100,8 @@ impl BufRing {
             count,
             tail,
             held,
+            waiting,
+            ran_dry,
         };
         let submitter = ring.submitter();
         // SAFETY: the entries live as long as `pool`, which outlives the ring (see above).
@@ -130,6 +157,22 @@ impl BufRing {
     /// have not read yet hold them all.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// Connection `fd`'s receive found the pool empty: it waits for a buffer to come back.
+    pub fn wait_for_one(&mut self, fd: RawFd) {
+        self.waiting.push(fd);
+        self.ran_dry += 1;
+    }
+
+    /// The connections waiting for a buffer; they wait no longer.
+    pub fn waiting(&mut self) -> Vec<RawFd> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// How many receives found the pool empty.
+    pub fn ran_dry(&self) -> u64 {
+        self.ran_dry
     }
 
     // ANCHOR: give_back

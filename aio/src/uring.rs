@@ -1,15 +1,11 @@
 //! io_uring: the process queues whole operations (accept, receive, send, close) on a submission
 //! ring, the kernel performs them, and each one comes back as a completion carrying its result.
 //!
-//! Receives take their buffers from one shared pool, a provided-buffer ring (`bufring.rs`): a
-//! multishot receive, armed once per connection, takes a buffer only when data arrives, so an
-//! idle connection holds none; the buffer is sent back as the reply and then returned to the
-//! pool. With `--sqpoll` a kernel thread takes submissions off the ring by itself, and the loop
-//! looks for completions before it sleeps: a busy server makes almost no system calls.
-//! `ring.rs` holds the rings, the table of operations in flight, and the system call.
-//!
-//! A connection lives in `conns`, indexed by its descriptor, until no operation of its own is
-//! in flight: only then is its descriptor closed, and its slot free for the next one.
+//! Receives take their buffers from one shared pool (`bufring.rs`): a multishot receive, armed
+//! once per connection, takes a buffer only when data arrives, so an idle connection holds
+//! none; the buffer goes out as the reply, then back to the pool. `ring.rs` holds the rings, the
+//! operations in flight and the system call, which `--sqpoll` makes rare. A connection lives in
+//! `conns`, indexed by its descriptor, until no operation of its own is in flight.
 
 use std::fs::File;
 use std::io;
@@ -18,38 +14,27 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use anyhow::Context;
 use io_uring::types::{CancelBuilder, Fd};
-use io_uring::{cqueue, opcode, squeue};
+use io_uring::{cqueue, opcode};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{SockaddrStorage, getpeername};
-use support::{Counter, STATS, say, trace};
+use support::{STATS, say, trace};
 
 use crate::bufring::{self, BufRing, Held};
 use crate::ring::{Ring, accept_once, accepted, stop_signal_fd};
 
-/// Bytes per pooled buffer: the most one receive completion carries.
-const BUF_SIZE: usize = 4096;
 /// Buffers a connection may hold (received, reply not yet sent) before its receive is
 /// cancelled: a client that sends without reading is echoed this far ahead, then waits, and
 /// cannot empty the shared pool on its own.
 const MAX_HELD: usize = 4;
-/// The receive's flags (`ioprio`): IORING_RECV_MULTISHOT, and IORING_RECVSEND_POLL_FIRST, which
-/// waits for data before taking a buffer, so that arming a receive never takes one.
-const RECV_MULTISHOT: u16 = 2;
-const POLL_FIRST: u16 = 1;
 
-/// Receives that found the pool empty (ENOBUFS).
-static NO_BUFFERS: Counter = Counter::new();
-
-/// One client.
 struct Conn {
     fd: OwnedFd,
     peer: String,
     /// Buffers received and not yet wholly sent back.
     held: Held,
     receive: Receive,
-    /// End of file or an error: no receive is armed again, and the connection is closed once
-    /// its replies are sent and its receive is over.
+    /// End of file or an error: closed once its replies are sent and its receive is over.
     ended: bool,
 }
 
@@ -87,8 +72,6 @@ struct Server {
     listener: TcpListener,
     signals: SignalFd,
     conns: Vec<Option<Conn>>,
-    /// Connections whose receive found the pool empty (ENOBUFS), waiting for a buffer.
-    starved: Vec<RawFd>,
     /// Multishot receive (Linux 6.0)? Learnt from the first receive.
     multishot: bool,
     spare: Option<File>,
@@ -101,7 +84,7 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     // Set-up: the ring and its buffers first, so that a kernel without them fails before we
     // announce anything. The listener stays blocking: the process never calls accept itself.
     let ring = Ring::new(args)?;
-    let bufs = BufRing::new(ring.uring(), args.buffers, BUF_SIZE)?;
+    let bufs = BufRing::new(ring.uring(), args.buffers)?;
     let listener = support::listen(args.common.addr)?;
     let signals = stop_signal_fd()?;
     support::announce(&listener)?;
@@ -111,7 +94,6 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         listener,
         signals,
         conns: Vec::new(),
-        starved: Vec::new(),
         multishot: !args.simulate_old_kernel,
         spare: support::reserve_descriptor(),
         clients: 0,
@@ -123,10 +105,9 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
 
     while !support::stop_requested() {
         // ANCHOR: loop
-        // Phase 1: submit and wait. One io_uring_enter hands the kernel every operation queued
-        // since the last one and sleeps until at least one has completed (`Ring::wait`). Ctrl-C
-        // comes back as a completion too (see `stop_signal_fd`), so the loop sees it however
-        // busy it is.
+        // Phase 1: submit and wait (`Ring::wait`): hand the kernel every operation queued since
+        // the last time, and sleep until at least one has completed. Ctrl-C comes back as a
+        // completion too (`stop_signal_fd`), so the loop sees it however busy it is.
         match server.ring.wait() {
             Ok(()) => {}
             Err(e) if support::interrupted(&e) => continue, // wait again
@@ -134,11 +115,8 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         }
         STATS.wakeups.add(1);
         let completions = server.ring.completions();
-        let in_flight = server.ring.in_flight();
-        trace!(
-            "{} completions, {in_flight} operations in flight",
-            completions.len()
-        );
+        let (n, in_flight) = (completions.len(), server.ring.in_flight());
+        trace!("{n} completions, {in_flight} operations in flight");
 
         // Phase 2: accept, read and write all arrive here the same way, as completions, in
         // the order the kernel finished them; each may queue the connection's next operation.
@@ -148,21 +126,19 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // ANCHOR_END: loop
     }
     server.shutdown()?;
-    let empty = NO_BUFFERS.get();
     server
         .ring
-        .summary(vec![("receives without a buffer", empty)]);
+        .summary(vec![("receives without a buffer", server.bufs.ran_dry())]);
     Ok(())
 }
 
 impl Server {
     /// The connection, and beside it the pool its buffers come from.
     fn conn(&mut self, fd: RawFd) -> (&mut Conn, &mut BufRing) {
-        let conn = self.conns[fd as usize].as_mut();
-        (
-            conn.expect("an operation outlived its connection"),
-            &mut self.bufs,
-        )
+        let conn = self.conns[fd as usize]
+            .as_mut()
+            .expect("no such connection");
+        (conn, &mut self.bufs)
     }
 
     fn arm_accept(&mut self) {
@@ -177,20 +153,12 @@ impl Server {
         self.ring.submit(Op::Signal, entry);
     }
 
-    // ANCHOR: recv
-    /// Arms a receive that takes its buffer from the pool (BUFFER_SELECT): no buffer is named,
-    /// the completion says which one the data went into.
     fn recv(&mut self, fd: RawFd) {
-        let flags = POLL_FIRST | if self.multishot { RECV_MULTISHOT } else { 0 };
-        let entry = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), 0)
-            .buf_group(bufring::GROUP)
-            .ioprio(flags)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT);
-        let key = self.ring.submit(Op::Recv(fd), entry);
+        let key = self
+            .ring
+            .submit(Op::Recv(fd), bufring::recv(Fd(fd), self.multishot));
         self.conn(fd).0.receive = Receive::Armed(key);
     }
-    // ANCHOR_END: recv
 
     /// Sends what is left of the connection's oldest reply.
     fn send(&mut self, fd: RawFd) {
@@ -206,12 +174,11 @@ impl Server {
 
     // ANCHOR: settle
     /// After each completion of a connection's: arm its receive again, stop it (back-pressure,
-    /// or the connection failed), or close the connection once it is finished and nothing of
-    /// its own is in flight. Cancelling loses no data: what the receive already took still
-    /// completes, and the rest waits in the socket.
+    /// or it failed; no data is lost: the rest waits in the socket), or close the connection
+    /// once it is finished and nothing of its own is in flight.
     fn settle(&mut self, fd: RawFd) {
         let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
-            return; // gone already (a stale entry in `starved`)
+            return; // gone already (it waited for a buffer, then left)
         };
         let full = conn.held.len() >= MAX_HELD;
         match conn.receive {
@@ -308,13 +275,14 @@ impl Server {
             self.conns.resize_with(raw as usize + 1, || None);
         }
         let (held, receive, ended) = (Held::default(), Receive::Idle, false);
-        self.conns[raw as usize] = Some(Conn {
+        let conn = Conn {
             fd,
             peer,
             held,
             receive,
             ended,
-        });
+        };
+        self.conns[raw as usize] = Some(conn);
         self.recv(raw);
     }
     // ANCHOR_END: handle_new_connection
@@ -340,10 +308,9 @@ impl Server {
             // back (`flush`), not now: that would fail again at once. If we hold none, the
             // completions not yet read hold them all, and arming again is safe.
             e if -e == libc::ENOBUFS => {
-                NO_BUFFERS.add(1);
                 trace!("{}: no free buffer; receiving later", conn.peer);
-                self.starved.push(fd);
-                if self.bufs.held() == 0 {
+                bufs.wait_for_one(fd);
+                if bufs.held() == 0 {
                     self.resume_starved();
                 }
                 return;
@@ -394,7 +361,7 @@ impl Server {
     /// Buffers have come back: arm every receive that found the pool empty. Those with data
     /// compete for the buffers, and the losers wait for the next ones; never a busy retry.
     fn resume_starved(&mut self) {
-        for fd in std::mem::take(&mut self.starved) {
+        for fd in self.bufs.waiting() {
             self.settle(fd);
         }
     }
