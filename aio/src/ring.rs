@@ -23,8 +23,10 @@ use support::{Counter, trace};
 
 /// --sqpoll: the kernel thread sleeps after this many milliseconds without a submission.
 const SQ_IDLE_MS: u32 = 10;
-/// --sqpoll: how long the loop watches the completion ring before it sleeps in the kernel. A
-/// busy server finds a completion well within it; an idle one pays one system call per wait.
+/// --sqpoll: how long the loop watches the completion ring before it sleeps in the kernel.
+/// Longer than a loopback round trip, so that a busy server finds its next completion within
+/// it; short, because on a machine with few cores the spinning thread takes a core that the
+/// clients and the SQ thread need (measured: 1 ms often made round trips slower, not faster).
 const SPIN: Duration = Duration::from_micros(200);
 
 /// Operations handed to the kernel, completions it returned, the system calls that took, and

@@ -577,7 +577,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 }
 
 /// Opens `n` connections that will stay silent, in batches, each batch proved accepted.
-fn open_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+pub fn open_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
     let mut idle = Vec::with_capacity(n);
     while idle.len() < n {
         let batch = BATCH.min(n - idle.len());

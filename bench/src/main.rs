@@ -8,6 +8,7 @@
 //! cargo run --release -p bench -- readiness          # Kerrisk's table 63-9, on this machine
 //! cargo build --release --workspace                  # the servers, then:
 //! cargo run --release -p bench -- load --server epoll --conns 4 --idle 5000 --secs 3
+//! cargo run --release -p bench -- syscalls           # system calls per round trip (strace)
 //! cargo run --release -p bench -- report             # every table and plot of the book
 //! cargo run -p bench -- report --replot               # the same, redrawn from results.json
 //! ```
@@ -31,6 +32,8 @@ mod plot;
 mod readiness;
 #[cfg(target_os = "linux")]
 mod report;
+#[cfg(target_os = "linux")]
+mod syscalls;
 #[cfg(target_os = "linux")]
 mod table;
 
@@ -67,6 +70,9 @@ enum Command {
     },
     /// Start one server, hold idle connections open beside busy ones, and measure.
     Load(load::LoadArgs),
+    /// Every model serves the same session under `strace -f -c`: system calls per round trip,
+    /// the most frequent ones, and the server's own count beside strace's (needs strace).
+    Syscalls(syscalls::SyscallArgs),
     /// Run every measurement and write the tables and SVG plots for the book.
     Report {
         /// A fast smoke run: few idle levels, short windows. Writes to target/measurements-quick
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Readiness { json, ops } => readiness::main(json, ops),
         Command::Load(load) => load::main(&load),
+        Command::Syscalls(args) => syscalls::main(&args),
         Command::Report {
             quick,
             replot,
