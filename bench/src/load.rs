@@ -98,6 +98,8 @@ pub struct LoadResult {
     pub server_cpu_s: f64,
     /// The same as a share of one core.
     pub server_cpu_share: f64,
+    /// Of `server_cpu_s`, what io_uring's SQ polling thread (`iou-sqp-PID`, --sqpoll) used.
+    pub sq_thread_cpu_s: f64,
     /// Share of one core the server used while all connections were silent (NaN if skipped).
     pub idle_cpu_share: f64,
     /// Server RSS right after it announced itself, before any connection.
@@ -137,6 +139,8 @@ impl LoadResult {
             max_us: v.num("max_us")?,
             server_cpu_s: v.num("server_cpu_s")?,
             server_cpu_share: v.num("server_cpu_share")?,
+            // Absent from runs written before it was measured.
+            sq_thread_cpu_s: v.num("sq_thread_cpu_s").unwrap_or(0.0),
             idle_cpu_share: v.num("idle_cpu_share")?,
             rss_start_kib: count("rss_start_kib")?,
             server_rss_kib: count("server_rss_kib")?,
@@ -146,6 +150,11 @@ impl LoadResult {
             client_threads: count("client_threads")? as usize,
             summary: v.str("server_summary")?.to_owned(),
         })
+    }
+
+    /// CPU µs per round trip of the server's own threads (the SQ polling thread apart).
+    pub fn cpu_us_per_round_trip(&self) -> f64 {
+        (self.server_cpu_s - self.sq_thread_cpu_s) * 1e6 / self.round_trips.max(1) as f64
     }
 
     pub fn to_json(&self) -> String {
@@ -163,6 +172,11 @@ impl LoadResult {
             ("max_us", json_number(self.max_us)),
             ("server_cpu_s", json_number(self.server_cpu_s)),
             ("server_cpu_share", json_number(self.server_cpu_share)),
+            (
+                "server_cpu_us_per_round_trip",
+                json_number(self.cpu_us_per_round_trip()),
+            ),
+            ("sq_thread_cpu_s", json_number(self.sq_thread_cpu_s)),
             ("idle_cpu_share", json_number(self.idle_cpu_share)),
             ("rss_start_kib", self.rss_start_kib.to_string()),
             ("server_rss_kib", self.server_rss_kib.to_string()),
@@ -218,6 +232,12 @@ impl LoadResult {
             sig3(self.server_cpu_s),
             sig3(self.server_cpu_share * 100.0)
         );
+        let sq = match self.sq_thread_cpu_s {
+            0.0 => String::new(),
+            s => format!("; the SQ polling thread beside them: {} s", sig3(s)),
+        };
+        let per = sig3(self.cpu_us_per_round_trip());
+        out += &format!("  server CPU/trip  {per} µs per round trip (its own threads){sq}\n");
         out += &format!(
             "  server memory    RSS {} KiB ({} KiB at start: {} KiB per connection)\n",
             thousands(self.server_rss_kib),
@@ -409,6 +429,22 @@ pub fn cpu_seconds(pid: i32) -> anyhow::Result<f64> {
     parse_stat_cpu(&stat, clock_ticks()).context("parse /proc/PID/stat")
 }
 
+/// CPU seconds of the process's io_uring SQ polling threads (named `iou-sqp-PID`; none without
+/// --sqpoll). They are threads of the process, so `cpu_seconds` includes them.
+pub fn sq_thread_cpu_seconds(pid: i32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let sq = tasks.filter(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        comm.starts_with("iou-sqp")
+    });
+    sq.filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat_cpu(&stat, clock_ticks()))
+        .sum()
+}
+
 fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -508,6 +544,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         shares[i % threads].push(c);
     }
     let server_cpu_before = cpu_seconds(pid)?;
+    let sq_before = sq_thread_cpu_seconds(pid);
     let client_cpu_before = crate::own_cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.secs);
@@ -527,6 +564,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     let secs = started.elapsed().as_secs_f64();
     let client_cpu_s = crate::own_cpu_seconds() - client_cpu_before;
     let server_cpu_s = cpu_seconds(pid)? - server_cpu_before;
+    let sq_thread_cpu_s = sq_thread_cpu_seconds(pid) - sq_before;
     if let Some(e) = failure {
         return Err(with_stderr(e));
     }
@@ -555,6 +593,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         max_us: us(100.0),
         server_cpu_s,
         server_cpu_share: server_cpu_s / secs,
+        sq_thread_cpu_s,
         idle_cpu_share,
         rss_start_kib,
         server_rss_kib,
@@ -862,6 +901,8 @@ mod tests {
             "p50_us",
             "p99_us",
             "server_cpu_s",
+            "server_cpu_us_per_round_trip",
+            "sq_thread_cpu_s",
             "server_rss_kib",
             "server_threads",
         ] {
