@@ -54,19 +54,35 @@ fn agrees(server: f64, strace: f64) -> bool {
     (server - strace).abs() <= 0.05 * server.max(strace) + 20.0
 }
 
-/// Every model, with the options that let it hold the idle connections beside the active ones.
-pub const MODELS: &[(&str, &str, &str)] = &[
-    ("blocking (thread)", "blocking", "--mode thread"),
-    ("blocking (pool)", "blocking", "--mode pool --workers 128"),
-    ("nonblocking", "nonblocking", ""),
-    ("select", "select", ""),
-    ("poll", "poll", ""),
-    ("epoll", "epoll", ""),
-    ("epoll (edge)", "epoll", "--edge"),
-    ("sigio", "sigio", ""),
-    ("aio (io_uring)", "aio", "--backend uring"),
-    ("aio (io_uring, SQPOLL)", "aio", "--backend uring --sqpoll"),
-    ("aio (POSIX AIO)", "aio", "--backend posix --threads 128"),
+/// Every model (its name, a short one for the plot, the binary and its options), with the
+/// options that let it hold the idle connections beside the active ones.
+pub const MODELS: &[(&str, &str, &str, &str)] = &[
+    ("blocking (thread)", "thread", "blocking", "--mode thread"),
+    (
+        "blocking (pool)",
+        "pool",
+        "blocking",
+        "--mode pool --workers 128",
+    ),
+    ("nonblocking", "nonblock", "nonblocking", ""),
+    ("select", "select", "select", ""),
+    ("poll", "poll", "poll", ""),
+    ("epoll", "epoll", "epoll", ""),
+    ("epoll (edge)", "edge", "epoll", "--edge"),
+    ("sigio", "sigio", "sigio", ""),
+    ("aio (io_uring)", "uring", "aio", "--backend uring"),
+    (
+        "aio (io_uring, SQPOLL)",
+        "SQPOLL",
+        "aio",
+        "--backend uring --sqpoll",
+    ),
+    (
+        "aio (POSIX AIO)",
+        "POSIX",
+        "aio",
+        "--backend posix --threads 128",
+    ),
 ];
 
 #[derive(Clone, Debug, clap::Args)]
@@ -94,10 +110,27 @@ pub struct SyscallArgs {
     pub json: bool,
 }
 
+impl SyscallArgs {
+    /// The defaults, as `bench report` runs them.
+    pub fn for_report(bin_dir: Option<PathBuf>) -> SyscallArgs {
+        let (clients, round_trips, size, idle) = (4, 2_000, 64, 100);
+        SyscallArgs {
+            only: None,
+            clients,
+            round_trips,
+            size,
+            idle,
+            bin_dir,
+            json: false,
+        }
+    }
+}
+
 /// What one model's session cost, beyond the same session without round trips.
 #[derive(Clone, Debug)]
 pub struct Count {
     pub label: String,
+    pub short: String,
     pub server: String,
     pub args: String,
     pub round_trips: u64,
@@ -213,7 +246,7 @@ pub fn run_all(args: &SyscallArgs) -> anyhow::Result<Vec<Count>> {
     let strace = strace()?;
     crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")?;
     let mut counts = Vec::new();
-    for &(label, server, server_args) in MODELS {
+    for &(label, short, server, server_args) in MODELS {
         if args
             .only
             .as_deref()
@@ -238,6 +271,7 @@ pub fn run_all(args: &SyscallArgs) -> anyhow::Result<Vec<Count>> {
             .sum();
         counts.push(Count {
             label: label.to_owned(),
+            short: short.to_owned(),
             server: server.to_owned(),
             args: server_args.to_owned(),
             round_trips: (args.clients * args.round_trips) as u64,
