@@ -7,7 +7,9 @@
 //!
 //! - `--backend uring` (default, `uring.rs`): io_uring. Operations go into a submission ring,
 //!   results come back on a completion ring, and one `io_uring_enter` call hands over and
-//!   collects many of them at once. The kernel really does the work.
+//!   collects many of them at once (`ring.rs`). The kernel really does the work, and takes
+//!   receive buffers from one shared pool only when data arrives (`bufring.rs`). `--sqpoll`
+//!   adds a kernel thread that takes submissions by itself: almost no system calls.
 //! - `--backend posix` (`posix.rs`): POSIX AIO (`aio_read`, `aio_write`, `aio_suspend`). glibc
 //!   implements it in user space with helper threads, each blocked in an ordinary `read(2)`:
 //!   the interface is asynchronous, the machinery is the thread-per-client server again.
@@ -17,20 +19,22 @@
 //! ```text
 //! cargo run -p aio                       # terminal 1 (io_uring)
 //! cargo run -p aio -- --backend posix    # or POSIX AIO
+//! cargo run -p aio -- --sqpoll           # or io_uring with the kernel's polling thread
 //! cargo run -p client                    # terminal 2, 3, 4 ...
 //! ```
 //!
-//! Watch: the uring summary compares operations with system calls: 1.0 per `io_uring_enter`
-//! with one client, 8 to 24 with 10,000 busy ones, depending on the load (`-v` prints each
-//! call's completions); and
-//! `ps -T -p $(pgrep -n aio)` shows one thread, however many clients. With `--backend posix`,
+//! Watch: the uring summary compares operations with system calls: about 1 per
+//! `io_uring_enter` with one client, 8 to 24 with 10,000 busy ones, depending on the load (`-v`
+//! prints each wake-up's completions), and with `--sqpoll` under load hardly any calls at all;
+//! and `ps -T -p $(pgrep -n aio)` shows one thread, however many clients (with `--sqpoll`, one
+//! more: the kernel's `iou-sqp`). With `--backend posix`,
 //! `-v` prints the thread count as clients come and go, and `ps -T -o spid,comm,wchan` shows
 //! why: one helper per idle client, blocked in the kernel's TCP receive, which lingers a
 //! second after its client leaves; the summary gives the peak.
 //!
-//! The uring backend needs Linux 5.6. No io_uring here at all (a kernel before 5.1,
-//! `/proc/sys/kernel/io_uring_disabled`, a container's seccomp filter)? The server says so in
-//! one line and suggests `--backend posix`. The hidden flag `--simulate-no-uring` makes set-up
+//! The uring backend needs Linux 5.19 (buffer rings). No io_uring here at all (a kernel before
+//! 5.1, `/proc/sys/kernel/io_uring_disabled`, a container's seccomp filter), or no buffer rings?
+//! The server says so in one line and suggests `--backend posix`. The hidden flag `--simulate-no-uring` makes set-up
 //! fail with that same ENOSYS, reported by the same code, so that the message can be seen and
 //! tested on any machine.
 //!

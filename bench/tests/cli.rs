@@ -100,6 +100,77 @@ fn load_against_select_reports_what_it_measured() {
     assert!(summary.starts_with("22 connections"), "{summary}");
 }
 
+/// Whether strace is installed; if not, says so where `cargo test` shows it (a direct write
+/// to stderr, which the test harness does not capture), so that a skip is never silent.
+fn have_strace(test: &str) -> bool {
+    let found = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: strace is not installed (apt-get install strace)"
+        );
+    }
+    found
+}
+
+/// `bench syscalls` on select: strace counts one recvfrom and one sendto per round trip, plus
+/// the waits, and the server's own count agrees with strace's.
+#[test]
+fn syscalls_of_select_agree_with_strace() {
+    if !have_strace("syscalls_of_select_agree_with_strace") {
+        return;
+    }
+    let dir = select_dir();
+    let text = run(&[
+        "syscalls",
+        "--only",
+        "select",
+        "--bin-dir",
+        dir.to_str().unwrap(),
+        "--round-trips",
+        "300",
+        "--idle",
+        "20",
+        "--json",
+    ]);
+    let json = json::parse(&text).unwrap_or_else(|e| panic!("{e} in {text}"));
+    let rows = json.as_array().expect("an array");
+    assert_eq!(rows.len(), 1, "{text}");
+    let row = &rows[0];
+    let num = |k: &str| row.get(k).and_then(json::Value::as_f64).unwrap_or(f64::NAN);
+    assert_eq!(num("round_trips"), 1200.0, "{text}");
+    let per = num("per_round_trip");
+    assert!(
+        (2.0..4.0).contains(&per),
+        "select per round trip: {per} in {text}"
+    );
+    let calls = row.get("calls").expect("calls");
+    let call = |k: &str| calls.get(k).and_then(json::Value::as_f64).unwrap_or(0.0);
+    assert!(call("recvfrom") + call("read") >= 1200.0, "{text}");
+    assert!(call("sendto") + call("write") >= 1200.0, "{text}");
+    let (own, traced) = (num("server_count"), num("strace_count"));
+    assert!(
+        (own - traced).abs() <= 0.05 * own.max(traced) + 20.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn syscalls_without_strace_says_how_to_install_it() {
+    let out = Command::new(BENCH)
+        .args(["syscalls", "--only", "select"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apt-get install strace"), "{stderr}");
+}
+
 #[test]
 fn a_missing_server_says_how_to_build_it() {
     let out = Command::new(BENCH)
