@@ -134,18 +134,14 @@ impl<Op: Copy> Ring<Op> {
     pub fn wait(&mut self) -> io::Result<()> {
         let mut want = usize::from(self.completions.is_empty());
         if want == 1 && self.sqpoll {
-            self.enter(0)?; // free, unless the SQ thread sleeps and must be woken
+            not_busy(self.enter(0))?; // free, unless the SQ thread sleeps and must be woken
             let until = Instant::now() + SPIN;
             while self.ring.completion().is_empty() && Instant::now() < until {
                 std::hint::spin_loop();
             }
             want = usize::from(self.ring.completion().is_empty());
         }
-        match self.enter(want) {
-            // The completion ring is full and the kernel holds more: drain it first.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-            other => other?,
-        }
+        not_busy(self.enter(want))?;
         self.reap();
         Ok(())
     }
@@ -214,6 +210,15 @@ impl<Op: Copy> Ring<Op> {
         support::summary(&extra);
         let per_call = ops as f64 / calls.max(1) as f64;
         support::say!("{ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter");
+    }
+}
+
+/// EBUSY from io_uring_enter means only that the completion ring is full and the kernel holds
+/// more: not an error, but a reason to take completions off first.
+fn not_busy(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        other => other,
     }
 }
 
