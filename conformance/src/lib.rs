@@ -1,4 +1,5 @@
-//! The contract every server keeps, as tests that drive the real binary from outside.
+//! The contract every server keeps, as tests that drive the real binary from outside, and as a
+//! command that grades any server, in any language (`cargo run -p conformance -- --help`).
 //!
 //! A chapter's `tests/conformance.rs` runs the whole suite with one line:
 //!
@@ -10,17 +11,29 @@
 //! to it over loopback the way a student's client would. Nothing here sleeps to synchronise: it
 //! waits for the announcement line, for replies, for end-of-file and for the process to exit,
 //! each with a generous deadline so that a broken server fails a test instead of hanging it.
+//!
+//! The checks themselves live in [`checks`], as functions of an address that return a verdict;
+//! the functions here start the server, run one, and panic on a failure. The process harness
+//! ([`Server`], the `/proc` readers) is in [`harness`], shared with the bench.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+pub mod checks;
+pub mod harness;
+
+pub use checks::Target;
+pub use harness::{
+    Rng, Server, Stopped, json_string, parse_announcement, raise_descriptor_limit, summary_line,
+};
 
 /// How long any single wait may take before the test gives up and fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -28,6 +41,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// What an echo server must send back for `data`.
 pub fn upper(data: &[u8]) -> Vec<u8> {
     data.to_ascii_uppercase()
+}
+
+/// A check's verdict, or a panic with its detail and hint.
+fn must<T>(result: Result<T, checks::Failure>) -> T {
+    result.unwrap_or_else(|f| panic!("{}\nhint: {}", f.detail, f.hint))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -62,15 +80,7 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A running server.
-
-/// A server process started for one test; killed when dropped.
-pub struct Server {
-    child: Child,
-    /// The address it announced.
-    pub addr: SocketAddr,
-    stderr: Collected,
-}
+// A running server, for tests: the harness's Server, with panics instead of errors.
 
 impl Server {
     /// Starts `bin` with `args` followed by `127.0.0.1:0`, and waits for `listening on`.
@@ -81,90 +91,34 @@ impl Server {
     }
 
     /// Starts a prepared command (which must name its own address) and waits for `listening on`.
-    pub fn spawn(mut cmd: Command) -> Server {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let stderr = collect(child.stderr.take().expect("stderr is piped"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep draining, so that a chatty server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(PATIENCE) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{cmd:?} announced nothing ({other:?}); stderr:\n{}",
-                    stderr.0.lock().unwrap()
-                )
-            }
-        };
-        let addr = parse_announcement(&line)
-            .unwrap_or_else(|| panic!("no `listening on IP:PORT` in the first line: {line:?}"));
-        Server {
-            child,
-            addr,
-            stderr,
-        }
+    pub fn spawn(cmd: Command) -> Server {
+        Server::launch(cmd, None, PATIENCE).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+    /// The server as a target of the checks.
+    pub fn target(&self) -> Target {
+        Target::new(self.addr)
     }
 
     /// A new client connection with read and write deadlines set.
     pub fn connect(&self) -> TcpStream {
-        let stream =
-            TcpStream::connect(self.addr).unwrap_or_else(|e| panic!("connect {}: {e}", self.addr));
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.set_write_timeout(Some(PATIENCE)).unwrap();
-        stream
-    }
-
-    /// Everything the server has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.0.lock().unwrap().clone()
+        self.target().connect().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Waits until the server's stderr contains `needle`; panics after [`PATIENCE`].
     pub fn wait_for_stderr(&self, needle: &str) -> String {
-        let (lock, cond) = &*self.stderr;
-        let deadline = Instant::now() + PATIENCE;
-        let mut text = lock.lock().unwrap();
-        while !text.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "stderr never said {needle:?}; it said:\n{text}"
-            );
-            text = cond.wait_timeout(text, left).unwrap().0;
-        }
-        text.clone()
-    }
-
-    /// Is the process still running?
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+        self.stderr_containing(needle, PATIENCE)
+            .unwrap_or_else(|text| panic!("stderr never said {needle:?}; it said:\n{text}"))
     }
 
     /// Sends `signal` and waits for the process to exit.
-    pub fn stop_with(mut self, signal: Signal) -> Stopped {
-        kill(self.pid(), signal).expect("kill");
-        let status = wait_with_deadline(&mut self.child);
-        let stderr = text_at_eof(&self.stderr);
-        Stopped { status, stderr }
+    pub fn stop_with(self, signal: Signal) -> Stopped {
+        let stopped = self.stop(signal, PATIENCE);
+        assert!(
+            !stopped.killed,
+            "the server did not exit within {PATIENCE:?} of {signal}"
+        );
+        stopped
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
@@ -173,24 +127,10 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// How a server ended.
-#[derive(Debug)]
-pub struct Stopped {
-    pub status: ExitStatus,
-    pub stderr: String,
-}
-
 impl Stopped {
     /// The contract's clean stop: exit status 0 and a summary line on stderr.
     pub fn assert_clean(&self) {
-        let Stopped { status, stderr } = self;
+        let Stopped { status, stderr, .. } = self;
         assert!(
             status.success(),
             "exit status {status:?}; stderr:\n{stderr}"
@@ -199,66 +139,6 @@ impl Stopped {
             stderr.contains("summary:"),
             "no summary on stderr:\n{stderr}"
         );
-    }
-}
-
-/// Finds `IP:PORT` after `listening on` in a line.
-pub fn parse_announcement(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// Text read from a child's pipe so far; a NUL at the end marks EOF.
-type Collected = Arc<(Mutex<String>, Condvar)>;
-
-/// Reads a pipe to the end in a thread; a NUL marks the end.
-fn collect(mut pipe: impl Read + Send + 'static) -> Collected {
-    let shared = Arc::new((Mutex::new(String::new()), Condvar::new()));
-    let writer = Arc::clone(&shared);
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = pipe.read(&mut buf).unwrap_or(0);
-            let (lock, cond) = &*writer;
-            let mut text = lock.lock().unwrap();
-            if n == 0 {
-                text.push('\u{0}');
-                cond.notify_all();
-                return;
-            }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            cond.notify_all();
-        }
-    });
-    shared
-}
-
-/// Waits for a pipe read by [`collect`] to reach its end (the writer has exited), and returns
-/// all it said. Gives up after [`PATIENCE`]: a grandchild may still hold the pipe open.
-fn text_at_eof(collected: &Collected) -> String {
-    let (lock, cond) = &**collected;
-    let deadline = Instant::now() + PATIENCE;
-    let mut text = lock.lock().unwrap();
-    while !text.ends_with('\u{0}') && Instant::now() < deadline {
-        text = cond
-            .wait_timeout(text, Duration::from_millis(100))
-            .unwrap()
-            .0;
-    }
-    text.trim_end_matches('\u{0}').to_owned()
-}
-
-fn wait_with_deadline(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit within {PATIENCE:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -271,14 +151,28 @@ pub fn run_to_exit(bin: &str, args: &[&str]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let out = collect(child.stdout.take().unwrap());
-    let err = collect(child.stderr.take().unwrap());
+    let out = harness::collect(child.stdout.take().unwrap());
+    let err = harness::collect(child.stderr.take().unwrap());
     let status = wait_with_deadline(&mut child);
-    let text = |c| text_at_eof(c).into_bytes();
+    let text = |c| harness::text_at_eof(c, PATIENCE).into_bytes();
     std::process::Output {
         status,
         stdout: text(&out),
         stderr: text(&err),
+    }
+}
+
+fn wait_with_deadline(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -287,23 +181,12 @@ pub fn run_to_exit(bin: &str, args: &[&str]) -> std::process::Output {
 
 /// Sends `msg` and reads exactly as many bytes back.
 pub fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
-    stream.write_all(msg).expect("write");
-    read_exactly(stream, msg.len())
+    checks::round_trip(stream, msg).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads exactly `n` bytes, failing clearly on EOF or timeout.
 pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut got = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        match stream.read(&mut got[filled..]) {
-            Ok(0) => panic!("EOF after {filled} of {n} bytes"),
-            Ok(k) => filled += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read after {filled} of {n} bytes: {e}"),
-        }
-    }
-    got
+    checks::read_exactly(stream, n).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads until EOF; fails on timeout.
@@ -315,34 +198,7 @@ pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
 
 /// Sets SO_LINGER to zero, so that dropping the stream sends RST instead of FIN.
 pub fn reset_on_close(stream: &TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt::Linger};
-    let linger = nix::libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    setsockopt(stream, Linger, &linger).expect("SO_LINGER");
-}
-
-/// A small deterministic generator (xorshift64*), so that failures can be replayed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// A number in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
+    checks::reset_on_close(stream).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Tests that open thousands of sockets take turns, so that two of them never add up past the
@@ -353,109 +209,41 @@ pub fn heavy_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Raises this process's soft descriptor limit to its hard limit.
-pub fn raise_descriptor_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < hard {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    hard
-}
-
 /// Opens `n` connections. Connecting is left to the kernel's accept queue, so it does not need
 /// the server to accept each one before the next is opened.
 pub fn connect_many(server: &Server, n: usize) -> Vec<TcpStream> {
-    let limit = raise_descriptor_limit() as usize;
-    assert!(
-        n + 100 < limit,
-        "{n} clients need more descriptors than this process may open ({limit}); raise `ulimit -n`"
-    );
-    (0..n).map(|_| server.connect()).collect()
+    must(checks::connect_many(&server.target(), n))
 }
 
 // ---------------------------------------------------------------------------------------------
-// The checks. Each takes the binary and its extra arguments.
+// The checks, as tests. Each takes the binary and its extra arguments.
 
 /// `hello` comes back as `HELLO`, with no newline needed; a mixed line with UTF-8 keeps its
 /// non-ASCII bytes; several messages on one connection come back in order.
 pub fn hello(bin: &str, args: &[&str]) {
     let server = Server::start(bin, args);
-    let mut c = server.connect();
-    assert_eq!(round_trip(&mut c, b"hello"), b"HELLO");
-    let line = "Mixed Case 123, ünïcödé ß ok?\n".as_bytes();
-    assert_eq!(round_trip(&mut c, line), upper(line));
-    for i in 0..20 {
-        let msg = format!("message {i} of twenty\n");
-        assert_eq!(round_trip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
-    }
+    must(checks::hello(&server.target()));
 }
 
 /// 256 KiB of random bytes, written in random-sized chunks by one thread while another reads,
 /// come back byte for byte; then the client half-closes and the server closes after it.
 pub fn binary_in_random_chunks(bin: &str, args: &[&str]) {
     let server = Server::start(bin, args);
-    let mut c = server.connect();
-    let mut rng = Rng::new(0x5eed_1234);
-    let data = rng.bytes(256 * 1024);
-    let expected = upper(&data);
-    let mut writer = c.try_clone().unwrap();
-    let sender = thread::spawn(move || {
-        let mut sent = 0;
-        while sent < data.len() {
-            let n = match rng.range(0, 9) {
-                0 => 1,
-                1..=3 => rng.range(1, 64),
-                _ => rng.range(1, 16 * 1024),
-            }
-            .min(data.len() - sent);
-            writer
-                .write_all(&data[sent..sent + n])
-                .expect("write chunk");
-            sent += n;
-        }
-        writer.shutdown(Shutdown::Write).expect("half-close");
-    });
-    let got = read_to_eof(&mut c);
-    sender.join().unwrap();
-    assert_eq!(got.len(), expected.len(), "byte count");
-    if let Some(i) = got.iter().zip(&expected).position(|(a, b)| a != b) {
-        panic!(
-            "first difference at byte {i}: got {:#04x}, want {:#04x}",
-            got[i], expected[i]
-        );
-    }
+    must(checks::binary(&server.target()));
 }
 
 /// A client that sends and then half-closes (shutdown(SHUT_WR)) still gets its whole reply,
 /// then end-of-file.
 pub fn half_close(bin: &str, args: &[&str]) {
     let server = Server::start(bin, args);
-    let mut c = server.connect();
-    c.write_all(b"last words, then EOF").unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_eof(&mut c), b"LAST WORDS, THEN EOF");
+    must(checks::half_close(&server.target()));
 }
 
 /// Fifty clients that reset their connection in the middle of a stream (SO_LINGER 0) leave the
 /// server alive and serving.
 pub fn resets_leave_server_alive(bin: &str, args: &[&str]) {
     let mut server = Server::start(bin, args);
-    let chunk = vec![b'x'; 64 * 1024];
-    for i in 0..50 {
-        let mut c = server.connect();
-        // Some reset before the server replied, some after; none read their reply.
-        c.write_all(&chunk[..if i % 2 == 0 { 1000 } else { chunk.len() }])
-            .unwrap();
-        if i % 3 == 0 {
-            let mut first = [0u8; 1];
-            c.read_exact(&mut first).unwrap();
-        }
-        reset_on_close(&c);
-        drop(c);
-    }
-    let mut c = server.connect();
-    assert_eq!(round_trip(&mut c, b"still there?"), b"STILL THERE?");
+    must(checks::resets(&server.target()));
     assert!(server.is_running(), "the server died");
 }
 
@@ -464,19 +252,7 @@ pub fn resets_leave_server_alive(bin: &str, args: &[&str]) {
 pub fn concurrent_clients(bin: &str, args: &[&str], n: usize) {
     let _turn = heavy_lock();
     let server = Server::start(bin, args);
-    let mut clients = connect_many(&server, n);
-    for round in 0..3 {
-        let msgs: Vec<String> = (0..clients.len())
-            .map(|i| format!("client {i} says hi in round {round}\n"))
-            .collect();
-        for (c, msg) in clients.iter_mut().zip(&msgs) {
-            c.write_all(msg.as_bytes()).expect("write");
-        }
-        for (i, (c, msg)) in clients.iter_mut().zip(&msgs).enumerate() {
-            let got = read_exactly(c, msg.len());
-            assert_eq!(got, upper(msg.as_bytes()), "client {i} round {round}");
-        }
-    }
+    must(checks::concurrent(&server.target(), n));
 }
 
 /// SIGINT (Ctrl-C) stops the server even with an idle client connected: exit status 0 and a
@@ -610,55 +386,28 @@ pub fn help(bin: &str) {
 
 /// CPU seconds (user + system) the process has used, from /proc/PID/stat.
 pub fn cpu_seconds(pid: Pid) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // The command name may hold spaces; the fields we want follow its closing parenthesis.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    ticks as f64 / per_sec as f64
+    harness::process_cpu_seconds(pid).expect("read /proc/PID/stat")
 }
 
 /// Resident memory of the process in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: Pid) -> u64 {
-    proc_status_field(pid, "VmRSS:")
+    harness::status_field(pid, "VmRSS").expect("VmRSS in /proc/PID/status")
 }
 
 /// Threads in the process, from /proc/PID/status.
 pub fn thread_count(pid: Pid) -> u64 {
-    proc_status_field(pid, "Threads:")
-}
-
-fn proc_status_field(pid: Pid, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .expect("field in status");
-    line[field.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    harness::status_field(pid, "Threads").expect("Threads in /proc/PID/status")
 }
 
 /// The share of one core the server uses while `conns` clients sit connected and silent,
 /// measured over `window` after every client has had one reply (so all are accepted).
 pub fn idle_cpu_share(server: &Server, conns: usize, window: Duration) -> f64 {
-    let mut clients = connect_many(server, conns);
-    for (i, c) in clients.iter_mut().enumerate() {
-        let msg = format!("idle {i}");
-        assert_eq!(round_trip(c, msg.as_bytes()), upper(msg.as_bytes()));
-    }
-    let before = cpu_seconds(server.pid());
-    let started = Instant::now();
-    thread::sleep(window); // the measurement window itself, not a synchronisation
-    let used = cpu_seconds(server.pid()) - before;
-    used / started.elapsed().as_secs_f64()
+    must(checks::idle_cpu_share(
+        &server.target(),
+        server.pid(),
+        conns,
+        window,
+    ))
 }
 
 /// An event-driven server with `conns` idle clients uses next to no CPU: it sleeps in the kernel.
@@ -667,7 +416,7 @@ pub fn idle_is_quiet(bin: &str, args: &[&str], conns: usize) {
     let server = Server::start(bin, args);
     let share = idle_cpu_share(&server, conns, Duration::from_secs(1));
     assert!(
-        share < 0.05,
+        share < checks::IDLE_CPU_LIMIT,
         "{share:.2} of a core with {conns} idle clients; expected ~0"
     );
 }
@@ -742,84 +491,18 @@ pub fn out_of_descriptors(bin: &str, args: &[&str]) {
 /// and, once the greedy client finally reads, deliver every byte of its reply intact.
 pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     let server = Server::start(bin, args);
-    let rss_before = rss_kib(server.pid());
-    let mut greedy = server.connect();
-    let total = mib * 1024 * 1024;
-    let data: Arc<Vec<u8>> = Arc::new(
-        (0..total)
-            .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[i % 38])
-            .collect(),
-    );
-    let stalled = Arc::new((Mutex::new(false), Condvar::new()));
-    let mut writer = greedy.try_clone().unwrap();
-    writer
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let (data2, stalled2) = (Arc::clone(&data), Arc::clone(&stalled));
-    let sender = thread::spawn(move || {
-        let mut sent = 0;
-        let deadline = Instant::now() + PATIENCE * 4;
-        while sent < data2.len() {
-            assert!(Instant::now() < deadline, "sending {mib} MiB took too long");
-            match writer.write(&data2[sent..(sent + 64 * 1024).min(data2.len())]) {
-                Ok(n) => sent += n,
-                // The write timed out: the server has stopped reading us. That is the point.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    let (lock, cond) = &*stalled2;
-                    *lock.lock().unwrap() = true;
-                    cond.notify_all();
-                }
-                Err(e) => panic!("greedy write after {sent} bytes: {e}"),
-            }
-        }
-        writer.shutdown(Shutdown::Write).unwrap();
-        sent
-    });
-    {
-        let (lock, cond) = &*stalled;
-        let guard = lock.lock().unwrap();
-        let (guard, timeout) = cond.wait_timeout_while(guard, PATIENCE, |s| !*s).unwrap();
-        assert!(
-            *guard && !timeout.timed_out(),
-            "the greedy client never stalled: no back-pressure"
-        );
-    }
-    // While the greedy client is stuck, another client is served as usual.
-    let mut polite = server.connect();
-    for i in 0..20 {
-        let msg = format!("polite request {i}\n");
-        assert_eq!(
-            round_trip(&mut polite, msg.as_bytes()),
-            upper(msg.as_bytes())
-        );
-    }
-    let grown = rss_kib(server.pid()).saturating_sub(rss_before);
+    let target = Target {
+        plain: false,
+        ..server.target()
+    };
+    let run = checks::slow_reader(&target, mib, Some(server.pid()));
+    must(run.verdict);
+    assert!(run.stalled, "the greedy client never stalled: no back-pressure");
+    let grown = run.grown_kib.expect("RSS from /proc");
     assert!(
         grown < 16 * 1024,
         "the server grew by {grown} KiB while a client sent {mib} MiB without reading"
     );
-    // Now the greedy client reads: everything comes back, in order.
-    let mut got = vec![0u8; 64 * 1024];
-    let mut checked = 0;
-    loop {
-        let n = greedy.read(&mut got).expect("greedy read");
-        if n == 0 {
-            break;
-        }
-        assert!(checked + n <= total, "more bytes back than sent");
-        assert!(
-            got[..n] == upper(&data[checked..checked + n])[..],
-            "reply differs near byte {checked}"
-        );
-        checked += n;
-    }
-    assert_eq!(sender.join().unwrap(), total);
-    assert_eq!(checked, total, "reply length");
 }
 
 /// Descriptors the process holds open, from /proc/PID/fd.
@@ -931,10 +614,10 @@ pub fn lecture_client(bin: &str, args: &[&str]) {
         .unwrap()
         .write_all("hello\n\nwörld, again\n".as_bytes())
         .unwrap();
-    let out = collect(child.stdout.take().unwrap());
+    let out = harness::collect(child.stdout.take().unwrap());
     let status = wait_with_deadline(&mut child);
     assert!(status.success(), "the Python client failed: {status:?}");
-    assert_eq!(text_at_eof(&out), "HELLO\nWöRLD, AGAIN\n");
+    assert_eq!(harness::text_at_eof(&out, PATIENCE), "HELLO\nWöRLD, AGAIN\n");
 }
 
 /// Runs the whole contract against one server configuration, one `#[test]` per check.
