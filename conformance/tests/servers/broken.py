@@ -14,13 +14,23 @@ and the checker must fail it on the check that names it:
     ignore-count   non-blocking send() whose count is ignored             -> slow-reader
     unbounded      never stops reading a client that does not read        -> memory
     busy           polls with a zero timeout instead of sleeping          -> idle-cpu
+    deaf-to-sigint ignores SIGINT                        -> sigint says it was killed
+
+An optional third argument names a file to write the server's pid to.
 """
 
+import os
 import select
+import signal
 import socket
 import sys
 
 port, fault = int(sys.argv[1]), sys.argv[2]
+if len(sys.argv) > 3:
+    with open(sys.argv[3], "w") as f:
+        f.write(str(os.getpid()))
+if fault == "deaf-to-sigint":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 LIMIT = 64 * 1024
 
 listener = socket.socket()

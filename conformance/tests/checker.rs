@@ -1,0 +1,488 @@
+//! The checker binary (`cargo run -p conformance`), run the way a student runs it: against
+//! every server of this workspace (they all pass), against Python servers written in other
+//! styles, and against deliberately broken ones (tests/servers/broken.py), each of which must
+//! fail on the check that names its fault, with the right hint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use conformance::checks::{
+    HINT_BLOCKING_SEND, HINT_BUSY, HINT_CHANGED, HINT_CONCURRENT, HINT_COUNT_IGNORED, HINT_EOF,
+    HINT_MEMORY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
+};
+
+const CHECKER: &str = env!("CARGO_BIN_EXE_conformance");
+
+/// Checker runs take turns: each loads both cores for a few seconds, and the slow-reader
+/// check's promptness bound should measure the server, not the other runs.
+fn turn() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds this crate")
+        .to_path_buf()
+}
+
+fn script(relative: &str) -> String {
+    workspace().join(relative).display().to_string()
+}
+
+fn broken(fault: &str) -> String {
+    format!(
+        "python3 {} {{port}} {fault}",
+        script("conformance/tests/servers/broken.py")
+    )
+}
+
+/// Runs the checker to its end.
+fn checker(args: &[&str]) -> Output {
+    let _turn = turn();
+    Command::new(CHECKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the checker")
+}
+
+/// One check's line of the --json output.
+#[derive(Debug)]
+struct Graded {
+    check: String,
+    passed: bool,
+    line: String,
+}
+
+/// Runs the checker with --json and reads its array (one object per line, as it prints them).
+fn graded(args: &[&str]) -> (i32, Vec<Graded>) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = checker(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = stdout.trim();
+    assert!(
+        text.starts_with('[') && text.ends_with(']'),
+        "not a JSON array:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |line: &str, key: &str| -> String {
+        let at = line.find(&format!("\"{key}\": ")).expect("the key") + key.len() + 4;
+        line[at..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    };
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("\"check\""))
+        .map(|l| Graded {
+            check: field(l, "check"),
+            passed: field(l, "passed") == "true",
+            line: l.to_owned(),
+        })
+        .collect();
+    (out.status.code().expect("an exit status"), lines)
+}
+
+/// The checks that failed.
+fn failed(lines: &[Graded]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| !l.passed)
+        .map(|l| l.check.as_str())
+        .collect()
+}
+
+fn line<'a>(lines: &'a [Graded], check: &str) -> &'a Graded {
+    lines
+        .iter()
+        .find(|l| l.check == check)
+        .unwrap_or_else(|| panic!("no {check} in {lines:?}"))
+}
+
+/// The hint as the JSON output escapes it.
+fn json_hint(hint: &str) -> String {
+    conformance::json_string(hint)
+}
+
+/// Asserts that exactly `want` failed, `check` with `hint`.
+fn assert_caught(lines: &[Graded], want: &[&str], check: &str, hint: &str) {
+    assert_eq!(failed(lines), want, "{lines:#?}");
+    let l = line(lines, check);
+    assert!(
+        l.line.contains(&json_hint(hint)),
+        "{check} failed with the wrong hint:\n{}",
+        l.line
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every server of this workspace passes.
+
+/// A workspace binary: beside this test's `deps/` directory, built first if missing.
+fn binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    if !path.exists() {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "-q", "-p", name])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name} failed");
+    }
+    path.display().to_string()
+}
+
+fn workspace_server_passes(name: &str, args: &str) {
+    let cmd = format!("{} {args} 127.0.0.1:{{port}}", binary(name));
+    let (code, lines) = graded(&["--spawn", &cmd]);
+    assert_eq!(failed(&lines), Vec::<&str>::new(), "{cmd}: {lines:#?}");
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert!(
+        line(&lines, "sigint").line.contains("exit status 0"),
+        "{lines:#?}"
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn blocking_thread_mode_passes() {
+    workspace_server_passes("blocking", "--mode thread");
+}
+
+#[test]
+fn select_passes() {
+    workspace_server_passes("select", "");
+}
+
+#[test]
+fn poll_passes() {
+    workspace_server_passes("poll", "");
+}
+
+#[test]
+fn epoll_level_passes() {
+    workspace_server_passes("epoll", "");
+}
+
+#[test]
+fn epoll_edge_passes() {
+    workspace_server_passes("epoll", "--edge");
+}
+
+#[test]
+fn sigio_passes() {
+    workspace_server_passes("sigio", "");
+}
+
+#[test]
+fn aio_uring_passes() {
+    workspace_server_passes("aio", "--backend uring");
+}
+
+#[test]
+fn aio_posix_passes() {
+    // One helper thread per client that waits: the 200 concurrent clients and 100 idle ones.
+    workspace_server_passes("aio", "--backend posix --threads 400");
+}
+
+#[test]
+fn selectors_echo_passes() {
+    workspace_server_passes("selectors-chat", "--echo");
+}
+
+/// The busy-polling server passes everything but the one check its lesson is about.
+#[test]
+fn nonblocking_passes_all_but_idle_cpu() {
+    let cmd = format!("{} 127.0.0.1:{{port}}", binary("nonblocking"));
+    let (code, lines) = graded(&["--spawn", &cmd]);
+    assert_caught(&lines, &["idle-cpu"], "idle-cpu", HINT_BUSY);
+    assert_eq!(code, 1);
+}
+
+/// The iterative server serves one client at a time by design: the concurrent check says so.
+#[test]
+fn blocking_single_mode_fails_concurrent() {
+    let cmd = format!("{} --mode single 127.0.0.1:{{port}}", binary("blocking"));
+    let (code, lines) = graded(&[
+        "--spawn",
+        &cmd,
+        "--only",
+        "hello,concurrent",
+        "--timeout",
+        "2",
+    ]);
+    assert_caught(&lines, &["concurrent"], "concurrent", HINT_CONCURRENT);
+    assert_eq!(code, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python servers: the book's, other styles, and one fault each.
+
+#[test]
+fn the_books_python_select_server_passes() {
+    let cmd = format!("python3 {} {{port}}", script("docs/examples/select_server.py"));
+    let (code, lines) = graded(&["--spawn", &cmd]);
+    assert_eq!(failed(&lines), Vec::<&str>::new(), "{lines:#?}");
+    assert_eq!(lines.len(), 9);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn the_lectures_select_server_stalls_everyone_on_a_slow_reader() {
+    let cmd = format!("python3 {} {{port}}", script("docs/examples/lecture_select.py"));
+    let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello,slow-reader,memory"]);
+    assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_BLOCKING_SEND);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_threaded_socketserver_passes_as_a_plain_echo() {
+    let cmd = format!(
+        "python3 {} {{port}}",
+        script("conformance/tests/servers/threaded_echo.py")
+    );
+    let (code, lines) = graded(&["--plain", "--spawn", &cmd]);
+    assert_eq!(failed(&lines), Vec::<&str>::new(), "{lines:#?}");
+    assert_eq!(code, 0);
+    // Without --plain, the hint says what to do.
+    let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello"]);
+    assert_caught(&lines, &["hello"], "hello", HINT_UPPER);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn an_upper_casing_server_under_plain_is_told_to_drop_it() {
+    let (_, lines) = graded(&["--plain", "--spawn", &broken("none"), "--only", "hello"]);
+    assert_caught(&lines, &["hello"], "hello", HINT_PLAIN);
+}
+
+#[test]
+fn one_at_a_time_socketserver_fails_concurrent() {
+    let cmd = format!(
+        "python3 {} {{port}} --one-at-a-time",
+        script("conformance/tests/servers/threaded_echo.py")
+    );
+    let (_, lines) = graded(&[
+        "--plain",
+        "--spawn",
+        &cmd,
+        "--only",
+        "hello,concurrent",
+        "--timeout",
+        "2",
+    ]);
+    assert_caught(&lines, &["concurrent"], "concurrent", HINT_CONCURRENT);
+}
+
+#[test]
+fn forgetting_upper_case_fails_hello() {
+    let (code, lines) = graded(&["--spawn", &broken("forget-upper"), "--only", "hello"]);
+    assert_caught(&lines, &["hello"], "hello", HINT_UPPER);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn upper_casing_decoded_text_fails_binary() {
+    let (_, lines) = graded(&["--spawn", &broken("latin1"), "--clients", "20"]);
+    assert_caught(&lines, &["binary"], "binary", HINT_CHANGED);
+}
+
+#[test]
+fn dropping_what_is_owed_at_eof_fails_half_close() {
+    let (_, lines) = graded(&[
+        "--spawn",
+        &broken("drop-at-eof"),
+        "--only",
+        "hello,half-close",
+    ]);
+    assert_caught(&lines, &["half-close"], "half-close", HINT_EOF);
+}
+
+#[test]
+fn dying_on_a_reset_fails_resets_and_says_so() {
+    let (_, lines) = graded(&[
+        "--spawn",
+        &broken("die-on-reset"),
+        "--only",
+        "hello,resets,concurrent",
+    ]);
+    assert_caught(&lines, &["resets", "concurrent"], "resets", HINT_RESETS);
+    assert!(line(&lines, "resets").line.contains("the server exited"));
+    assert!(line(&lines, "concurrent").line.contains("not run"));
+}
+
+#[test]
+fn a_blocking_send_fails_slow_reader_as_stalling_everyone() {
+    let (_, lines) = graded(&["--spawn", &broken("block-in-send"), "--clients", "20"]);
+    assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_BLOCKING_SEND);
+}
+
+#[test]
+fn an_ignored_send_count_fails_slow_reader_as_bytes_lost() {
+    let (_, lines) = graded(&["--spawn", &broken("ignore-count"), "--clients", "20"]);
+    assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_COUNT_IGNORED);
+}
+
+#[test]
+fn no_back_pressure_fails_memory() {
+    let (_, lines) = graded(&[
+        "--spawn",
+        &broken("unbounded"),
+        "--only",
+        "slow-reader,memory",
+    ]);
+    assert_caught(&lines, &["memory"], "memory", HINT_MEMORY);
+}
+
+#[test]
+fn a_busy_loop_fails_idle_cpu() {
+    let (_, lines) = graded(&["--spawn", &broken("busy"), "--only", "hello,idle-cpu"]);
+    assert_caught(&lines, &["idle-cpu"], "idle-cpu", HINT_BUSY);
+}
+
+/// A server deaf to SIGINT is killed after the grace period, and the report says so.
+#[test]
+fn a_server_deaf_to_sigint_is_killed() {
+    let pidfile = std::env::temp_dir().join(format!("checker-deaf-{}", std::process::id()));
+    let cmd = format!("{} {}", broken("deaf-to-sigint"), pidfile.display());
+    let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello,sigint"]);
+    assert_eq!(code, 0, "sigint is informational: {lines:#?}");
+    assert!(
+        line(&lines, "sigint").line.contains("killed with SIGKILL"),
+        "{lines:#?}"
+    );
+    assert_gone(&pidfile);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command itself.
+
+/// Waits for the process whose pid is in `pidfile` to be gone.
+fn assert_gone(pidfile: &Path) {
+    let pid: i32 = std::fs::read_to_string(pidfile)
+        .expect("the server wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(pidfile);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A zombie is gone for our purpose: it runs no more code. Its parent (the checker) reaps it.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+    };
+    while running() {
+        assert!(Instant::now() < deadline, "the server {pid} is still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// However the checker ends, even killed with SIGKILL in the middle of a check, the server it
+/// started does not outlive it.
+#[test]
+fn a_killed_checker_leaves_no_server_running() {
+    let _turn = turn();
+    let pidfile = std::env::temp_dir().join(format!("checker-killed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pidfile);
+    let cmd = format!("{} {}", broken("block-in-send"), pidfile.display());
+    let mut child = Command::new(CHECKER)
+        .args(["--spawn", &cmd, "--only", "slow-reader"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The slow-reader check against this server takes seconds: kill the checker inside it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // well inside the check, not a sync
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_gone(&pidfile);
+}
+
+#[test]
+fn nothing_listening_exits_2() {
+    let port = conformance::harness::free_port().unwrap();
+    let out = checker(&[&format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing is listening") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_command_that_does_not_start_exits_2() {
+    for cmd in [
+        "no-such-program-for-the-checker {port}",
+        "python3 -c 'raise SystemExit(3)'",
+        "python3 'unclosed",
+    ] {
+        let out = checker(&["--spawn", cmd, "--timeout", "2"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("conformance: "), "{cmd}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &["--only", "nonsense"][..],
+        &["--only", "idle-cpu"],
+        &["--clients", "many"],
+        &["not-an-address"],
+    ] {
+        let out = checker(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn list_names_every_check() {
+    let out = checker(&["--list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in conformance::checks::NAMES {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name}:\n{stdout}"
+        );
+    }
+}
+
+/// The readable report: a line per check with ✓ or ✗, the figure, and a hint under a failure.
+#[test]
+fn the_report_reads() {
+    let out = checker(&[
+        "--spawn",
+        &broken("forget-upper"),
+        "--only",
+        "hello,binary",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("checking 127.0.0.1:"), "{stdout}");
+    assert!(lines[1].starts_with("✗ hello "), "{stdout}");
+    assert!(lines[2].trim_start().starts_with("hint: "), "{stdout}");
+    assert!(lines.last().unwrap().contains("0 of 2 checks passed"), "{stdout}");
+
+    let out = checker(&["--spawn", &broken("none"), "--only", "hello"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("✓ hello "), "{stdout}");
+    assert!(stdout.contains("1 of 1 checks passed"), "{stdout}");
+}
