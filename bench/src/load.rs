@@ -1,7 +1,10 @@
 //! `bench load`: one server under a closed-loop load, with idle connections held beside it.
 //!
-//! The server is the release binary beside this program (`target/release/NAME`), started on
-//! `127.0.0.1:0`; its `listening on IP:PORT` line tells us where to connect. Then:
+//! The server is one of three: the release binary beside this program (`--server NAME`, i.e.
+//! `target/release/NAME`, started on `127.0.0.1:0`; its `listening on IP:PORT` line tells us
+//! where to connect); any command (`--spawn CMD`, with `{port}` replaced by a free port, as the
+//! checker does); or a server already running (`--addr ADDR`, with `--pid PID` if its CPU and
+//! memory should be read too). Then:
 //!
 //! 1. `--idle` connections are opened and each is checked to be accepted; they then sit silent.
 //!    They are what select and poll pay for on every call, and what a thread per connection pays
@@ -18,23 +21,23 @@
 //! handles hundreds of connections at a few µs per round trip, and leaves the second core to
 //! the server. Its own CPU share is printed: near 100% means the numbers measure the generator.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use conformance::harness::{clock_ticks, parse_stat_cpu, process_cpu_seconds, status_field};
+use conformance::{Server, json_string, summary_line};
 use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::table::{json_number, json_string, sig3, thousands};
+use crate::table::{json_number, sig3, thousands};
 
 /// How long a server may take to announce itself, or to exit after SIGINT.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -48,11 +51,21 @@ const BATCH: usize = 100;
 #[derive(Clone, Debug, clap::Args)]
 pub struct LoadArgs {
     /// The server binary to start (blocking, nonblocking, select, poll, epoll, sigio, aio).
-    #[arg(long)]
-    pub server: String,
+    #[arg(long, conflicts_with_all = ["addr", "spawn"])]
+    pub server: Option<String>,
     /// Extra arguments for the server, split at spaces (e.g. "--mode thread").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub server_args: String,
+    /// Start any server with CMD instead: split into words like a shell (none is run), `{port}`
+    /// replaced by a free port, stopped with SIGINT at the end.
+    #[arg(long, value_name = "CMD", conflicts_with = "addr")]
+    pub spawn: Option<String>,
+    /// Measure a server that is already running at ADDR.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// The process id of the server at --addr, to read its CPU and memory from /proc.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
     /// Active connections doing round trips.
     #[arg(long, default_value_t = 4)]
     pub conns: usize,
@@ -107,6 +120,9 @@ pub struct LoadResult {
     /// Server RSS with every connection open, at the end of the load.
     pub server_rss_kib: u64,
     pub server_threads: u64,
+    /// Whether the server's process was known, so that its CPU, RSS and threads were read
+    /// (not for `--addr` without `--pid`: those fields are then null in the JSON).
+    pub process_known: bool,
     /// Generator CPU seconds during the load, and as a share of one core.
     pub client_cpu_s: f64,
     pub client_cpu_share: f64,
@@ -118,6 +134,9 @@ pub struct LoadResult {
 impl LoadResult {
     /// (RSS with all connections − RSS at start) / connections: what one connection costs.
     pub fn rss_per_conn_kib(&self) -> f64 {
+        if !self.process_known {
+            return f64::NAN;
+        }
         let conns = (self.conns + self.idle).max(1) as f64;
         self.server_rss_kib.saturating_sub(self.rss_start_kib) as f64 / conns
     }
@@ -145,6 +164,8 @@ impl LoadResult {
             rss_start_kib: count("rss_start_kib")?,
             server_rss_kib: count("server_rss_kib")?,
             server_threads: count("server_threads")?,
+            // Written as null when the server's process was not known (`--addr` alone).
+            process_known: *v.get("server_rss_kib")? != crate::json::Value::Null,
             client_cpu_s: v.num("client_cpu_s")?,
             client_cpu_share: v.num("client_cpu_share")?,
             client_threads: count("client_threads")? as usize,
@@ -178,10 +199,10 @@ impl LoadResult {
             ),
             ("sq_thread_cpu_s", json_number(self.sq_thread_cpu_s)),
             ("idle_cpu_share", json_number(self.idle_cpu_share)),
-            ("rss_start_kib", self.rss_start_kib.to_string()),
-            ("server_rss_kib", self.server_rss_kib.to_string()),
+            ("rss_start_kib", self.known(self.rss_start_kib)),
+            ("server_rss_kib", self.known(self.server_rss_kib)),
             ("rss_per_conn_kib", json_number(self.rss_per_conn_kib())),
-            ("server_threads", self.server_threads.to_string()),
+            ("server_threads", self.known(self.server_threads)),
             ("client_cpu_s", json_number(self.client_cpu_s)),
             ("client_cpu_share", json_number(self.client_cpu_share)),
             ("client_threads", self.client_threads.to_string()),
@@ -192,6 +213,15 @@ impl LoadResult {
             .map(|(k, v)| format!("\"{k}\": {v}"))
             .collect();
         format!("{{{}}}", body.join(", "))
+    }
+
+    /// A count read from /proc, or null when the process was not known.
+    fn known(&self, n: u64) -> String {
+        if self.process_known {
+            n.to_string()
+        } else {
+            "null".to_owned()
+        }
     }
 
     pub fn to_text(&self) -> String {
@@ -227,24 +257,28 @@ impl LoadResult {
             sig3(self.p99_us),
             sig3(self.max_us)
         );
-        out += &format!(
-            "  server CPU       {} s under load ({}% of a core){idle_cpu}\n",
-            sig3(self.server_cpu_s),
-            sig3(self.server_cpu_share * 100.0)
-        );
-        let sq = match self.sq_thread_cpu_s {
-            0.0 => String::new(),
-            s => format!("; the SQ polling thread beside them: {} s", sig3(s)),
-        };
-        let per = sig3(self.cpu_us_per_round_trip());
-        out += &format!("  server CPU/trip  {per} µs per round trip (its own threads){sq}\n");
-        out += &format!(
-            "  server memory    RSS {} KiB ({} KiB at start: {} KiB per connection)\n",
-            thousands(self.server_rss_kib),
-            thousands(self.rss_start_kib),
-            sig3(self.rss_per_conn_kib())
-        );
-        out += &format!("  server threads   {}\n", self.server_threads);
+        if self.process_known {
+            out += &format!(
+                "  server CPU       {} s under load ({}% of a core){idle_cpu}\n",
+                sig3(self.server_cpu_s),
+                sig3(self.server_cpu_share * 100.0)
+            );
+            let sq = match self.sq_thread_cpu_s {
+                0.0 => String::new(),
+                s => format!("; the SQ polling thread beside them: {} s", sig3(s)),
+            };
+            let per = sig3(self.cpu_us_per_round_trip());
+            out += &format!("  server CPU/trip  {per} µs per round trip (its own threads){sq}\n");
+            out += &format!(
+                "  server memory    RSS {} KiB ({} KiB at start: {} KiB per connection)\n",
+                thousands(self.server_rss_kib),
+                thousands(self.rss_start_kib),
+                sig3(self.rss_per_conn_kib())
+            );
+            out += &format!("  server threads   {}\n", self.server_threads);
+        } else {
+            out += "  server CPU, memory and threads: unknown (give --pid PID with --addr)\n";
+        }
         out += &format!(
             "  generator CPU    {} s ({}% of a core, {} thread{}){}\n",
             sig3(self.client_cpu_s),
@@ -298,140 +332,83 @@ pub fn server_binary(name: &str, bin_dir: Option<&Path>) -> anyhow::Result<PathB
     Ok(path)
 }
 
-/// Finds `IP:PORT` after `listening on` in a server's announcement line.
-pub fn parse_announcement(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
+/// The server under load, and what is known of it.
+struct Measured {
+    /// The process we started (`--server`, `--spawn`), stopped at the end.
+    started: Option<Server>,
+    addr: SocketAddr,
+    /// The process whose CPU and memory are read (`--pid` with `--addr`, or the one started).
+    pid: Option<Pid>,
+    /// How the results name it.
+    label: String,
 }
 
-/// A running server; killed if dropped without [`ServerProcess::stop`].
-pub struct ServerProcess {
-    child: Child,
-    pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<thread::JoinHandle<()>>,
-}
-
-impl ServerProcess {
-    /// Starts `bin args... 127.0.0.1:0` and waits for its `listening on` line.
-    pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(bin)
-            .args(args)
-            .arg("127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        // Read both pipes to the end in threads, so that the server never blocks writing them.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let sink = Arc::clone(&stderr);
-        let stderr_reader = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
-                text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
+/// Starts the server, or finds the one already running.
+fn server(args: &LoadArgs) -> anyhow::Result<Measured> {
+    if args.pid.is_some() && args.addr.is_none() {
+        bail!("--pid goes with --addr: a server the bench starts is measured anyway");
+    }
+    if let Some(addr) = args.addr {
+        TcpStream::connect(addr).with_context(|| format!("nothing is listening on {addr}"))?;
+        let pid = args.pid.map(Pid::from_raw);
+        if let Some(pid) = pid {
+            status_field(pid, "VmRSS").with_context(|| format!("no process {pid} to measure"))?;
+        }
+        return Ok(Measured {
+            started: None,
+            addr,
+            pid,
+            label: addr.to_string(),
         });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let mut server = ServerProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        };
-        let line = match rx.recv_timeout(PATIENCE) {
-            Ok(Some(Ok(line))) => line,
-            _ => {
-                let _ = server.child.kill();
-                let _ = server.child.wait();
-                if let Some(reader) = server.stderr_reader.take() {
-                    let _ = reader.join();
-                }
+    }
+    let (started, label) = match (&args.spawn, &args.server) {
+        (Some(cmd), _) => (
+            Server::from_command_line(cmd, PATIENCE).map_err(|e| anyhow!("{e}"))?,
+            cmd.clone(),
+        ),
+        (None, Some(name)) => {
+            if name == "selectors-chat" && !args.server_args.contains("--echo") {
                 bail!(
-                    "{} announced nothing; it said: {}",
-                    bin.display(),
-                    server.stderr().trim()
+                    "selectors-chat is a chat room, not an echo server: add --server-args \"--echo\""
                 );
             }
-        };
-        server.addr = parse_announcement(&line)
-            .ok_or_else(|| anyhow!("no `listening on IP:PORT` in its first line: {line:?}"))?;
-        Ok(server)
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// What the server has written on stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Sends SIGINT, waits for the exit, and returns the server's `summary:` line.
-    pub fn stop(mut self) -> anyhow::Result<String> {
-        kill(Pid::from_raw(self.pid()), Signal::SIGINT).context("kill -INT")?;
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().context("wait")? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                bail!("the server did not exit within {PATIENCE:?} of SIGINT");
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
+            let bin = server_binary(name, args.bin_dir.as_deref())?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(args.server_args.split_whitespace())
+                .arg("127.0.0.1:0");
+            let server = Server::launch(cmd, None, PATIENCE).map_err(|e| anyhow!("{e}"))?;
+            (server, name.clone())
         }
-        let stderr = self.stderr();
-        if !status.success() {
-            bail!("the server exited with {status} after SIGINT; it said: {stderr}");
-        }
-        Ok(summary_line(&stderr).unwrap_or_default())
-    }
+        (None, None) => bail!("name a server: --server NAME, --spawn CMD or --addr ADDR"),
+    };
+    Ok(Measured {
+        addr: started.addr,
+        pid: Some(started.pid()),
+        started: Some(started),
+        label,
+    })
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// Stops a server we started with SIGINT and returns its `summary:` line. Our own servers must
+/// stop cleanly; a spawned one (in any language) may end as it likes.
+fn stop(server: Server, strict: bool) -> anyhow::Result<String> {
+    let stopped = server.stop(Signal::SIGINT, PATIENCE);
+    if stopped.killed {
+        bail!("the server did not exit within {PATIENCE:?} of SIGINT");
     }
-}
-
-/// The text after `summary: ` in the server's stderr.
-pub fn summary_line(stderr: &str) -> Option<String> {
-    stderr
-        .lines()
-        .find_map(|l| l.split_once("summary: ").map(|(_, s)| s.trim().to_owned()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the kernel says about a process.
-
-/// CPU seconds (user + system, all threads) a process has used: fields 14 and 15 of
-/// /proc/PID/stat, in clock ticks (1/100 s here), counted after the command name's ')'.
-pub fn cpu_seconds(pid: i32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("/proc/PID/stat")?;
-    parse_stat_cpu(&stat, clock_ticks()).context("parse /proc/PID/stat")
+    if strict && !stopped.status.success() {
+        bail!(
+            "the server exited with {} after SIGINT; it said: {}",
+            stopped.status,
+            stopped.stderr
+        );
+    }
+    Ok(summary_line(&stopped.stderr).unwrap_or_default())
 }
 
 /// CPU seconds of the process's io_uring SQ polling threads (named `iou-sqp-PID`; none without
-/// --sqpoll). They are threads of the process, so `cpu_seconds` includes them.
-pub fn sq_thread_cpu_seconds(pid: i32) -> f64 {
+/// --sqpoll). They are threads of the process, so `process_cpu_seconds` includes them.
+pub fn sq_thread_cpu_seconds(pid: Pid) -> f64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
@@ -445,41 +422,6 @@ pub fn sq_thread_cpu_seconds(pid: i32) -> f64 {
         .sum()
 }
 
-fn clock_ticks() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100, |t| t as u64)
-}
-
-/// utime + stime from the text of /proc/PID/stat, in seconds. The command name may hold spaces
-/// and parentheses, so the fields are counted from its last ')'.
-pub fn parse_stat_cpu(stat: &str, ticks_per_sec: u64) -> Option<f64> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')' come state (field 3), ppid, ...: utime is field 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / ticks_per_sec as f64)
-}
-
-/// A `Name:   value ...` field of /proc/PID/status (VmRSS in KiB, Threads).
-pub fn status_field(pid: i32, name: &str) -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).context("/proc/PID/status")?;
-    parse_status_field(&status, name).with_context(|| format!("{name} in /proc/PID/status"))
-}
-
-pub fn parse_status_field(status: &str, name: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The measurement.
 
@@ -487,27 +429,36 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     if args.conns == 0 || args.size == 0 || args.threads == 0 {
         bail!("--conns, --size and --threads must be at least 1");
     }
-    if args.server == "selectors-chat" && !args.server_args.contains("--echo") {
-        bail!("selectors-chat is a chat room, not an echo server: add --server-args \"--echo\"");
-    }
     if cfg!(debug_assertions) {
         eprintln!("bench: warning: this is a debug build; measure with --release");
     }
-    let bin = server_binary(&args.server, args.bin_dir.as_deref())?;
-    let limit = crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")? as usize;
+    let limit = conformance::raise_descriptor_limit() as usize;
     if args.idle + args.conns + 64 > limit {
         bail!(
             "{} connections need more descriptors than this process may open ({limit})",
             args.idle + args.conns
         );
     }
-    let server_args: Vec<&str> = args.server_args.split_whitespace().collect();
-    let server = ServerProcess::start(&bin, &server_args)?;
-    let pid = server.pid();
-    let rss_start_kib = status_field(pid, "VmRSS")?;
+    let Measured {
+        started: server,
+        addr,
+        pid,
+        label,
+    } = server(args)?;
+    // CPU seconds and /proc/PID/status counts of the server, when its process is known.
+    let cpu = || match pid {
+        Some(pid) => process_cpu_seconds(pid).context("/proc/PID/stat"),
+        None => Ok(f64::NAN),
+    };
+    let sq_cpu = || pid.map_or(0.0, sq_thread_cpu_seconds);
+    let status = |name: &str| match pid {
+        Some(pid) => status_field(pid, name).with_context(|| format!("{name} in /proc/PID/status")),
+        None => Ok(0),
+    };
+    let rss_start_kib = status("VmRSS")?;
     // If anything below fails, say what the server said: it is usually the reason.
     let with_stderr = |e: anyhow::Error| {
-        let said = server.stderr();
+        let said = server.as_ref().map(Server::stderr).unwrap_or_default();
         let said = said.trim();
         if said.is_empty() {
             e
@@ -517,10 +468,10 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     };
 
     // 1. Idle connections, each proved accepted.
-    let idle = open_idle(server.addr, args.idle).map_err(with_stderr)?;
+    let idle = open_idle(addr, args.idle).map_err(with_stderr)?;
     // The active connections are opened now too, so that the idle window sees every one.
     let mut active = (0..args.conns)
-        .map(|i| Conn::open(server.addr, i, args.size))
+        .map(|i| Conn::open(addr, i, args.size))
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(with_stderr)?;
     for c in &mut active {
@@ -528,11 +479,11 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     }
 
     // 2. CPU while everything is silent.
-    let idle_cpu_share = if args.idle_secs > 0.0 {
-        let before = cpu_seconds(pid)?;
+    let idle_cpu_share = if args.idle_secs > 0.0 && pid.is_some() {
+        let before = cpu()?;
         let started = Instant::now();
         thread::sleep(Duration::from_secs_f64(args.idle_secs)); // the window itself
-        (cpu_seconds(pid)? - before) / started.elapsed().as_secs_f64()
+        (cpu()? - before) / started.elapsed().as_secs_f64()
     } else {
         f64::NAN
     };
@@ -543,8 +494,8 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     for (i, c) in active.into_iter().enumerate() {
         shares[i % threads].push(c);
     }
-    let server_cpu_before = cpu_seconds(pid)?;
-    let sq_before = sq_thread_cpu_seconds(pid);
+    let server_cpu_before = cpu()?;
+    let sq_before = sq_cpu();
     let client_cpu_before = crate::own_cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.secs);
@@ -563,24 +514,27 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     }
     let secs = started.elapsed().as_secs_f64();
     let client_cpu_s = crate::own_cpu_seconds() - client_cpu_before;
-    let server_cpu_s = cpu_seconds(pid)? - server_cpu_before;
-    let sq_thread_cpu_s = sq_thread_cpu_seconds(pid) - sq_before;
+    let server_cpu_s = cpu()? - server_cpu_before;
+    let sq_thread_cpu_s = sq_cpu() - sq_before;
     if let Some(e) = failure {
         return Err(with_stderr(e));
     }
 
     // 4. What the server holds with every connection still open.
-    let server_rss_kib = status_field(pid, "VmRSS")?;
-    let server_threads = status_field(pid, "Threads")?;
+    let server_rss_kib = status("VmRSS")?;
+    let server_threads = status("Threads")?;
     // Stop the server before closing our ends: it then closes first, and the TIME_WAIT state
     // lands on its listening port rather than on our ephemeral ports.
-    let summary = server.stop()?;
+    let summary = match server {
+        Some(server) => stop(server, args.spawn.is_none())?,
+        None => String::new(),
+    };
     drop(idle);
 
     latencies.sort_unstable();
     let us = |p| percentile(&latencies, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
     Ok(LoadResult {
-        server: args.server.clone(),
+        server: label,
         server_args: args.server_args.clone(),
         conns: args.conns,
         idle: args.idle,
@@ -601,6 +555,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         client_cpu_s,
         client_cpu_share: client_cpu_s / secs,
         client_threads: threads,
+        process_known: pid.is_some(),
         summary,
     })
 }
@@ -851,36 +806,6 @@ mod tests {
     }
 
     #[test]
-    fn announcements_parse() {
-        assert_eq!(
-            parse_announcement("select listening on 127.0.0.1:40123"),
-            Some("127.0.0.1:40123".parse().unwrap())
-        );
-        assert_eq!(
-            parse_announcement("epoll listening on [::1]:8080 (edge-triggered)"),
-            Some("[::1]:8080".parse().unwrap())
-        );
-        assert_eq!(parse_announcement("listening on nowhere"), None);
-        assert_eq!(parse_announcement("hello"), None);
-    }
-
-    #[test]
-    fn proc_fields_parse() {
-        // A command name with a space and a parenthesis must not shift the fields.
-        let stat = "4242 (my (server) x) S 1 4242 4242 0 -1 4194304 120 0 0 0 250 50 0 0 20 0 1 \
-                    0 1234 5678 90 18446744073709551615";
-        assert_eq!(parse_stat_cpu(stat, 100), Some(3.0));
-        let status = "Name:\tselect\nVmRSS:\t    2048 kB\nThreads:\t3\n";
-        assert_eq!(parse_status_field(status, "VmRSS"), Some(2048));
-        assert_eq!(parse_status_field(status, "Threads"), Some(3));
-        assert_eq!(parse_status_field(status, "VmSwap"), None);
-        assert_eq!(
-            summary_line("select: stopped by SIGINT\nselect: summary: 3 connections, 1 KiB in\n"),
-            Some("3 connections, 1 KiB in".to_owned())
-        );
-    }
-
-    #[test]
     fn requests_are_mixed_case_and_change() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = Conn::open(listener.local_addr().unwrap(), 3, 40).unwrap();
@@ -895,7 +820,11 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_keys() {
-        let json = LoadResult::default().to_json();
+        let json = LoadResult {
+            process_known: true,
+            ..LoadResult::default()
+        }
+        .to_json();
         for key in [
             "round_trips_per_sec",
             "p50_us",

@@ -89,6 +89,10 @@ enum Command {
         /// Directory holding the server binaries (default: the one holding this program).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Also measure a server of your own, named NAME in the tables and plots, started with
+        /// CMD (`{port}` is replaced by a free port), e.g. --also mine='python3 server.py {port}'
+        #[arg(long, value_name = "NAME=CMD", value_parser = report::parse_also)]
+        also: Vec<(String, String)>,
     },
 }
 
@@ -110,7 +114,8 @@ fn main() -> ExitCode {
             replot,
             out,
             bin_dir,
-        } => report::main(quick, replot, out, bin_dir),
+            also,
+        } => report::main(quick, replot, out, bin_dir, &also),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,18 +124,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-/// Raises this process's soft descriptor limit to its hard limit and returns it: 10,000 idle
-/// connections, or 10,000 watched descriptors, need more than the usual soft limit of 1024.
-fn raise_descriptor_limit() -> anyhow::Result<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(hard)
 }
 
 #[cfg(target_os = "linux")]

@@ -16,6 +16,7 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use anyhow::{Context, bail};
+use conformance::Rng;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -91,7 +92,7 @@ pub fn main(json: bool, ops: u64) -> anyhow::Result<()> {
 
 /// Runs every cell of the table; `progress` hears about each N before it is measured.
 pub fn measure_all(ops: u64, mut progress: impl FnMut(usize)) -> anyhow::Result<Vec<Row>> {
-    let limit = crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")?;
+    let limit = conformance::raise_descriptor_limit();
     let mut rows = Vec::new();
     for n in SIZES {
         if n as u64 + 64 > limit {
@@ -124,18 +125,6 @@ pub fn measure_all(ops: u64, mut progress: impl FnMut(usize)) -> anyhow::Result<
         rows.push(row);
     }
     Ok(rows)
-}
-
-/// A small deterministic generator (xorshift64), so that every run picks the same sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// Makes descriptor `i` readable: add 1 to its eventfd counter.
@@ -210,7 +199,7 @@ fn run_select(fds: &[EventFd], ops: u64) -> anyhow::Result<f64> {
         template.insert(fd.as_raw_fd());
     }
     let mut readfds = BigFdSet::new(nfds);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     cpu_time(|| {
         for _ in 0..ops {
             let want = rng.below(fds.len());
@@ -246,7 +235,7 @@ fn run_poll(fds: &[EventFd], ops: u64) -> anyhow::Result<f64> {
         .iter()
         .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
         .collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     cpu_time(|| {
         for _ in 0..ops {
             let want = rng.below(fds.len());
@@ -272,7 +261,7 @@ fn run_epoll(fds: &[EventFd], ops: u64) -> anyhow::Result<f64> {
             .context("epoll_ctl ADD")?;
     }
     let mut events = [EpollEvent::empty(); 64];
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     cpu_time(|| {
         for _ in 0..ops {
             let want = rng.below(fds.len());

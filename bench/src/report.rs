@@ -33,17 +33,20 @@ use crate::table::{markdown, sig3, thousands};
 const ACTIVE: usize = 4;
 
 /// One server configuration in the matrix.
-struct Plan {
+#[derive(Clone)]
+struct Plan<'a> {
     /// How the tables and plots name it.
-    label: &'static str,
-    server: &'static str,
-    args: &'static str,
+    label: &'a str,
+    /// A server binary of this workspace, with `args`; or "" for someone else's server
+    /// (`--also NAME=CMD`), and then `args` is the command that starts it.
+    server: &'a str,
+    args: &'a str,
     /// The most idle connections this model is run with, and why not more.
     max_idle: usize,
-    limit_note: &'static str,
+    limit_note: &'a str,
 }
 
-const PLANS: &[Plan] = &[
+const PLANS: &[Plan<'static>] = &[
     Plan {
         label: "blocking (thread)",
         server: "blocking",
@@ -165,13 +168,23 @@ impl Settings {
 }
 
 /// One server's runs.
-struct Measured {
-    label: &'static str,
-    /// Its index in PLANS: its colour, line and marker in every plot.
+struct Measured<'a> {
+    label: &'a str,
+    /// Its index in the plans: its colour, line and marker in every plot.
     style: usize,
     runs: Vec<LoadResult>,
     /// Runs that failed, as (idle, error).
     failures: Vec<(usize, String)>,
+}
+
+/// `--also NAME=CMD`: a server of someone else's, measured beside ours.
+pub fn parse_also(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, cmd)) if !name.trim().is_empty() && !cmd.trim().is_empty() => {
+            Ok((name.trim().to_owned(), cmd.to_owned()))
+        }
+        _ => Err("expected NAME=CMD, e.g. 'mine=python3 server.py {port}'".to_owned()),
+    }
 }
 
 pub fn main(
@@ -179,8 +192,23 @@ pub fn main(
     replot: bool,
     out: Option<PathBuf>,
     bin_dir: Option<PathBuf>,
+    also: &[(String, String)],
 ) -> anyhow::Result<()> {
     let settings = Settings::new(quick);
+    // Our servers, then the others' (`--also`), run over the same idle levels: a server that
+    // cannot hold that many (a Python select server stops near 1,000) fails there, and the
+    // tables and machine.md say so.
+    let plans: Vec<Plan> = PLANS
+        .iter()
+        .cloned()
+        .chain(also.iter().map(|(name, cmd)| Plan {
+            label: name,
+            server: "",
+            args: cmd,
+            max_idle: 10_000,
+            limit_note: "",
+        }))
+        .collect();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?;
@@ -207,11 +235,11 @@ pub fn main(
     })?;
 
     // The load matrix. Servers whose binary is missing, or that do not start, are skipped.
-    let total: usize = PLANS.iter().map(|p| settings.levels_for(p).len()).sum();
+    let total: usize = plans.iter().map(|p| settings.levels_for(p).len()).sum();
     let mut done = 0;
     let mut measured: Vec<Measured> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
-    for (i, plan) in PLANS.iter().enumerate() {
+    for (i, plan) in plans.iter().enumerate() {
         let levels = settings.levels_for(plan);
         let mut m = Measured {
             label: plan.label,
@@ -227,8 +255,15 @@ pub fn main(
                 thousands(idle as u64)
             );
             let args = LoadArgs {
-                server: plan.server.to_owned(),
-                server_args: plan.args.to_owned(),
+                server: (!plan.server.is_empty()).then(|| plan.server.to_owned()),
+                server_args: if plan.server.is_empty() {
+                    String::new()
+                } else {
+                    plan.args.to_owned()
+                },
+                spawn: plan.server.is_empty().then(|| plan.args.to_owned()),
+                addr: None,
+                pid: None,
                 conns: ACTIVE,
                 idle,
                 secs: settings.secs,
@@ -317,17 +352,15 @@ fn replot(out: &Path) -> anyhow::Result<()> {
     let mut measured: Vec<Measured> = Vec::new();
     for run in json.array("load")? {
         let label = run.str("label")?;
-        let (style, plan) = PLANS
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.label == label)
-            .with_context(|| format!("{}: no server is labelled {label:?}", path.display()))?;
         let result = LoadResult::from_json(run).with_context(|| format!("a run of {label}"))?;
-        match measured.iter_mut().find(|m| m.label == plan.label) {
+        match measured.iter_mut().find(|m| m.label == label) {
             Some(m) => m.runs.push(result),
             None => measured.push(Measured {
-                label: plan.label,
-                style,
+                label,
+                // Ours keep their plan's style; a server added with --also comes after them.
+                style: PLANS.iter().position(|p| p.label == label).unwrap_or(
+                    PLANS.len() + measured.iter().filter(|m| m.style >= PLANS.len()).count(),
+                ),
                 runs: vec![result],
                 failures: Vec::new(),
             }),
@@ -408,7 +441,7 @@ fn write_machine(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| crate::load::parse_status_field(&m, "MemTotal"))
+        .and_then(|m| conformance::harness::parse_status_field(&m, "MemTotal"))
         .unwrap_or(0);
     let mut t = String::new();
     writeln!(

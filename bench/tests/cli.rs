@@ -20,19 +20,20 @@ fn run(args: &[&str]) -> String {
 #[test]
 fn readiness_json_has_a_positive_number_in_every_cell() {
     let text = run(&["readiness", "--json", "--ops", "1000"]);
-    let json = json::parse(&text).unwrap_or_else(|e| panic!("{e} in {text}"));
+    let json = serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap_or_else(|e| panic!("{e} in {text}"));
     let rows = json
         .get("rows")
-        .and_then(json::Value::as_array)
+        .and_then(serde_json::Value::as_array)
         .expect("rows");
     let ns: Vec<f64> = rows
         .iter()
-        .map(|r| r.get("n").and_then(json::Value::as_f64).expect("n"))
+        .map(|r| r.get("n").and_then(serde_json::Value::as_f64).expect("n"))
         .collect();
     assert_eq!(ns, [10.0, 100.0, 1000.0, 10000.0]);
     for row in rows {
         for model in ["select", "poll", "epoll"] {
-            let secs = row.get(model).and_then(json::Value::as_f64);
+            let secs = row.get(model).and_then(serde_json::Value::as_f64);
             assert!(
                 secs.is_some_and(|s| s > 0.0 && s.is_finite()),
                 "{model} in {row:?}"
@@ -77,10 +78,11 @@ fn load_against_select_reports_what_it_measured() {
         "0.2",
         "--json",
     ]);
-    let json = json::parse(&text).unwrap_or_else(|e| panic!("{e} in {text}"));
+    let json = serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap_or_else(|e| panic!("{e} in {text}"));
     let num = |k: &str| {
         json.get(k)
-            .and_then(json::Value::as_f64)
+            .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("no number {k} in {text}"))
     };
     assert!(num("round_trips_per_sec") > 0.0, "{text}");
@@ -95,7 +97,7 @@ fn load_against_select_reports_what_it_measured() {
     // The server saw every connection: 20 idle + 2 active.
     let summary = json
         .get("server_summary")
-        .and_then(json::Value::as_str)
+        .and_then(serde_json::Value::as_str)
         .unwrap();
     assert!(summary.starts_with("22 connections"), "{summary}");
 }
@@ -185,181 +187,92 @@ fn a_missing_server_says_how_to_build_it() {
     );
 }
 
-/// Just enough JSON to check bench's output: objects, arrays, strings, numbers, literals.
-mod json {
-    #[derive(Debug, Clone)]
-    pub enum Value {
-        Null,
-        Bool,
-        Number(f64),
-        Str(String),
-        Array(Vec<Value>),
-        Object(Vec<(String, Value)>),
+fn parse(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e} in {text}"))
+}
+
+/// The book's Python select server, started by bench: measured with CPU and RSS like ours.
+#[test]
+fn load_spawns_any_server() {
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/select_server.py");
+    let cmd = format!("python3 {} {{port}}", server.display());
+    let text = run(&[
+        "load",
+        "--spawn",
+        &cmd,
+        "--conns",
+        "2",
+        "--idle",
+        "10",
+        "--secs",
+        "0.5",
+        "--idle-secs",
+        "0.2",
+        "--json",
+    ]);
+    let json = parse(&text);
+    let num = |k: &str| {
+        json[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    assert!(num("round_trips_per_sec") > 0.0, "{text}");
+    assert!(num("server_rss_kib") > 0.0, "{text}");
+    assert!(num("server_cpu_s") >= 0.0, "{text}");
+    assert_eq!(num("server_threads"), 1.0, "{text}");
+    assert_eq!(json["server"].as_str(), Some(cmd.as_str()));
+    assert_eq!(
+        json["server_summary"].as_str(),
+        Some("12 connections"),
+        "{text}"
+    );
+}
+
+/// A server already running: round trips always; CPU and RSS only with --pid.
+#[test]
+fn load_measures_a_running_server_at_addr() {
+    let dir = select_dir();
+    let server = conformance::Server::start(dir.join("select").to_str().unwrap(), &[]);
+    let addr = server.addr.to_string();
+    let base = [
+        "load", "--addr", &addr, "--conns", "2", "--idle", "5", "--secs", "0.3",
+    ];
+    let text = run(&[&base[..], &["--json"]].concat());
+    let json = parse(&text);
+    assert!(
+        json["round_trips_per_sec"].as_f64().unwrap() > 0.0,
+        "{text}"
+    );
+    for unknown in ["server_rss_kib", "server_cpu_s", "server_threads"] {
+        assert!(json[unknown].is_null(), "{unknown} without --pid: {text}");
     }
+    let pid = server.pid().to_string();
+    let text = run(&[&base[..], &["--json", "--pid", &pid]].concat());
+    let json = parse(&text);
+    assert!(json["server_rss_kib"].as_f64().unwrap() > 0.0, "{text}");
+    assert_eq!(json["server_threads"].as_f64(), Some(1.0), "{text}");
+    // The server was not ours to stop: it still serves.
+    let mut c = server.connect();
+    assert_eq!(conformance::round_trip(&mut c, b"still?"), b"STILL?");
+}
 
-    impl Value {
-        pub fn get(&self, key: &str) -> Option<&Value> {
-            match self {
-                Value::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-                _ => None,
-            }
-        }
-        pub fn as_f64(&self) -> Option<f64> {
-            match self {
-                Value::Number(n) => Some(*n),
-                _ => None,
-            }
-        }
-        pub fn as_str(&self) -> Option<&str> {
-            match self {
-                Value::Str(s) => Some(s),
-                _ => None,
-            }
-        }
-        pub fn as_array(&self) -> Option<&Vec<Value>> {
-            match self {
-                Value::Array(a) => Some(a),
-                _ => None,
-            }
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Value, String> {
-        let mut p = Parser(text.trim().as_bytes(), 0);
-        let v = p.value()?;
-        if p.1 != p.0.len() {
-            return Err(format!("trailing text at byte {}", p.1));
-        }
-        Ok(v)
-    }
-
-    struct Parser<'a>(&'a [u8], usize);
-
-    impl Parser<'_> {
-        fn ws(&mut self) {
-            while self.1 < self.0.len() && self.0[self.1].is_ascii_whitespace() {
-                self.1 += 1;
-            }
-        }
-        fn eat(&mut self, c: u8) -> Result<(), String> {
-            self.ws();
-            if self.0.get(self.1) == Some(&c) {
-                self.1 += 1;
-                Ok(())
-            } else {
-                Err(format!("expected {:?} at byte {}", c as char, self.1))
-            }
-        }
-        fn value(&mut self) -> Result<Value, String> {
-            self.ws();
-            match self.0.get(self.1) {
-                Some(b'{') => {
-                    self.1 += 1;
-                    let mut fields = Vec::new();
-                    self.ws();
-                    if self.0.get(self.1) == Some(&b'}') {
-                        self.1 += 1;
-                        return Ok(Value::Object(fields));
-                    }
-                    loop {
-                        self.ws();
-                        let Value::Str(k) = self.value()? else {
-                            return Err(format!("key expected at byte {}", self.1));
-                        };
-                        self.eat(b':')?;
-                        fields.push((k, self.value()?));
-                        self.ws();
-                        match self.0.get(self.1) {
-                            Some(b',') => self.1 += 1,
-                            Some(b'}') => {
-                                self.1 += 1;
-                                return Ok(Value::Object(fields));
-                            }
-                            _ => return Err(format!("',' or '}}' expected at byte {}", self.1)),
-                        }
-                    }
-                }
-                Some(b'[') => {
-                    self.1 += 1;
-                    let mut items = Vec::new();
-                    self.ws();
-                    if self.0.get(self.1) == Some(&b']') {
-                        self.1 += 1;
-                        return Ok(Value::Array(items));
-                    }
-                    loop {
-                        items.push(self.value()?);
-                        self.ws();
-                        match self.0.get(self.1) {
-                            Some(b',') => self.1 += 1,
-                            Some(b']') => {
-                                self.1 += 1;
-                                return Ok(Value::Array(items));
-                            }
-                            _ => return Err(format!("',' or ']' expected at byte {}", self.1)),
-                        }
-                    }
-                }
-                Some(b'"') => {
-                    self.1 += 1;
-                    let mut s = String::new();
-                    let mut chars = std::str::from_utf8(&self.0[self.1..])
-                        .map_err(|e| e.to_string())?
-                        .char_indices();
-                    while let Some((i, c)) = chars.next() {
-                        match c {
-                            '"' => {
-                                self.1 += i + 1;
-                                return Ok(Value::Str(s));
-                            }
-                            '\\' => match chars.next().map(|(_, c)| c) {
-                                Some('n') => s.push('\n'),
-                                Some('u') => {
-                                    let hex: String = (0..4)
-                                        .filter_map(|_| chars.next())
-                                        .map(|(_, c)| c)
-                                        .collect();
-                                    let code =
-                                        u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
-                                    s.push(char::from_u32(code).unwrap_or('?'));
-                                }
-                                Some(c) => s.push(c),
-                                None => break,
-                            },
-                            c => s.push(c),
-                        }
-                    }
-                    Err("unterminated string".into())
-                }
-                Some(_) => {
-                    let start = self.1;
-                    while self.1 < self.0.len() && !b",]} \n\t\r".contains(&self.0[self.1]) {
-                        self.1 += 1;
-                    }
-                    match &self.0[start..self.1] {
-                        b"null" => Ok(Value::Null),
-                        b"true" | b"false" => Ok(Value::Bool),
-                        num => std::str::from_utf8(num)
-                            .ok()
-                            .and_then(|n| n.parse().ok())
-                            .map(Value::Number)
-                            .ok_or_else(|| format!("bad value at byte {start}")),
-                    }
-                }
-                None => Err("unexpected end".into()),
-            }
-        }
-    }
-
-    #[test]
-    fn parses_what_bench_prints() {
-        let v = parse(r#"{"a": [1, 2.5e3, -0.5], "b": "x\"y", "c": null, "d": {}}"#).unwrap();
-        assert_eq!(
-            v.get("a").unwrap().as_array().unwrap()[1].as_f64(),
-            Some(2500.0)
-        );
-        assert_eq!(v.get("b").unwrap().as_str(), Some("x\"y"));
-        assert!(parse("{\"a\": }").is_err());
-        assert!(parse("[1, 2").is_err());
+#[test]
+fn load_names_what_is_missing() {
+    for (args, says) in [
+        (&["load"][..], "--server NAME, --spawn CMD or --addr ADDR"),
+        (
+            &["load", "--server", "select", "--pid", "1"],
+            "--pid goes with --addr",
+        ),
+        (&["load", "--addr", "127.0.0.1:1"], "nothing is listening"),
+        (
+            &["load", "--spawn", "no-such-program-for-bench {port}"],
+            "cannot start",
+        ),
+    ] {
+        let out = Command::new(BENCH).args(args).output().expect("run bench");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

@@ -162,9 +162,7 @@ pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Result<Vec<u8>, String>
 
 /// Sends `msg` and reads exactly as many bytes back.
 pub fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>, String> {
-    stream
-        .write_all(msg)
-        .map_err(|e| format!("write: {e}"))?;
+    stream.write_all(msg).map_err(|e| format!("write: {e}"))?;
     read_exactly(stream, msg.len())
 }
 
@@ -250,7 +248,11 @@ fn compare(sent: &[u8], got: &[u8], want: &[u8], t: &Target) -> Result<(), Failu
     }
     if got.len() < want.len() {
         return Err(fail(
-            format!("{} of {} bytes back, then end-of-file", got.len(), want.len()),
+            format!(
+                "{} of {} bytes back, then end-of-file",
+                got.len(),
+                want.len()
+            ),
             HINT_LOST,
         ));
     }
@@ -364,7 +366,8 @@ pub fn half_close(t: &Target) -> Verdict {
         let sent = msg.clone();
         let sender = thread::spawn(move || -> io::Result<()> {
             // TCP_CORK holds the data back until shutdown, which sends it with the FIN.
-            let _ = nix::sys::socket::setsockopt(&writer, nix::sys::socket::sockopt::TcpCork, &true);
+            let _ =
+                nix::sys::socket::setsockopt(&writer, nix::sys::socket::sockopt::TcpCork, &true);
             writer.write_all(&sent)?;
             writer.shutdown(Shutdown::Write)
         });
@@ -386,7 +389,11 @@ pub fn half_close(t: &Target) -> Verdict {
                 HINT_EOF
             };
             return Err(fail(
-                format!("{what}: {} of {} bytes back, then {how}", got.len(), want.len()),
+                format!(
+                    "{what}: {} of {} bytes back, then {how}",
+                    got.len(),
+                    want.len()
+                ),
                 hint,
             ));
         }
@@ -447,13 +454,20 @@ pub fn concurrent(t: &Target, n: usize) -> Verdict {
             .collect();
         for (i, (c, msg)) in clients.iter_mut().zip(&msgs).enumerate() {
             c.write_all(msg.as_bytes()).map_err(|e| {
-                fail(format!("client {i} round {round}: write: {e}"), HINT_CONCURRENT)
+                fail(
+                    format!("client {i} round {round}: write: {e}"),
+                    HINT_CONCURRENT,
+                )
             })?;
         }
         for (i, (c, msg)) in clients.iter_mut().zip(&msgs).enumerate() {
             let msg = msg.as_bytes();
-            let got = read_exactly(c, msg.len())
-                .map_err(|e| fail(format!("client {i} of {n}, round {round}: {e}"), HINT_CONCURRENT))?;
+            let got = read_exactly(c, msg.len()).map_err(|e| {
+                fail(
+                    format!("client {i} of {n}, round {round}: {e}"),
+                    HINT_CONCURRENT,
+                )
+            })?;
             compare(msg, &got, &t.expect(msg), t).map_err(|f| Failure {
                 detail: format!("client {i} round {round}: {}", f.detail),
                 ..f
@@ -580,13 +594,15 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
                     }
                     Ok(got) => {
                         let want = t.expect(msg.as_bytes());
-                        wrong = compare(msg.as_bytes(), &got, &want, t).err().map(|f| Failure {
-                            detail: format!(
-                                "the other client got {:?} for {msg:?}",
-                                String::from_utf8_lossy(&got)
-                            ),
-                            ..f
-                        });
+                        wrong = compare(msg.as_bytes(), &got, &want, t)
+                            .err()
+                            .map(|f| Failure {
+                                detail: format!(
+                                    "the other client got {:?} for {msg:?}",
+                                    String::from_utf8_lossy(&got)
+                                ),
+                                ..f
+                            });
                         break;
                     }
                     Err(e) => {
@@ -634,7 +650,11 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
                         // Bytes dropped from the middle of the stream shift the rest.
                         Err(f) if f.hint != HINT_GARBLED => {
                             wrong.get_or_insert(Failure {
-                                detail: format!("the slow client's reply, at byte {}: {}", checked + i, f.detail),
+                                detail: format!(
+                                    "the slow client's reply, at byte {}: {}",
+                                    checked + i,
+                                    f.detail
+                                ),
                                 ..f
                             });
                         }
@@ -726,7 +746,12 @@ pub fn memory(run: &SlowReader) -> Verdict {
 
 /// The share of one core the server uses while `conns` clients sit connected and silent,
 /// measured over `window` after every client has had one reply (so all are accepted).
-pub fn idle_cpu_share(t: &Target, pid: Pid, conns: usize, window: Duration) -> Result<f64, Failure> {
+pub fn idle_cpu_share(
+    t: &Target,
+    pid: Pid,
+    conns: usize,
+    window: Duration,
+) -> Result<f64, Failure> {
     let mut clients = connect_many(t, conns)?;
     for (i, c) in clients.iter_mut().enumerate() {
         let msg = format!("idle {i}");
@@ -734,9 +759,7 @@ pub fn idle_cpu_share(t: &Target, pid: Pid, conns: usize, window: Duration) -> R
             .map_err(|e| fail(format!("idle client {i}: {e}"), HINT_CONCURRENT))?;
         compare(msg.as_bytes(), &got, &t.expect(msg.as_bytes()), t)?;
     }
-    let cpu = || {
-        process_cpu_seconds(pid).map_err(|e| fail(format!("/proc/{pid}/stat: {e}"), ""))
-    };
+    let cpu = || process_cpu_seconds(pid).map_err(|e| fail(format!("/proc/{pid}/stat: {e}"), ""));
     let before = cpu()?;
     let started = Instant::now();
     thread::sleep(window); // the measurement window itself, not a synchronisation

@@ -101,7 +101,9 @@ impl Server {
             }
             if Instant::now() > deadline {
                 break match probe {
-                    Some(addr) => format!("nothing accepted connections on {addr} within {patience:?}"),
+                    Some(addr) => {
+                        format!("nothing accepted connections on {addr} within {patience:?}")
+                    }
                     None => format!("it announced nothing within {patience:?}"),
                 };
             }
@@ -109,7 +111,10 @@ impl Server {
         let _ = server.child.kill();
         let _ = server.child.wait();
         let said = text_at_eof(&server.stderr, Duration::from_secs(2));
-        Err(format!("{cmd:?}: {failure}; its stderr said:\n{}", said.trim_end()))
+        Err(format!(
+            "{cmd:?}: {failure}; its stderr said:\n{}",
+            said.trim_end()
+        ))
     }
 
     /// Starts a command line typed by a person: split into words as a shell would (without
@@ -127,10 +132,15 @@ impl Server {
         let mut cmd = Command::new(program);
         cmd.args(args);
         let parent = nix::unistd::getpid();
-        // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
-        // kill), and nothing is allocated.
+        // SAFETY: between fork and exec only async-signal-safe calls are made (sigaction,
+        // prctl, getppid, kill), and nothing is allocated.
         unsafe {
             cmd.pre_exec(move || {
+                // An ignored SIGINT is inherited across exec (a shell's background job has it),
+                // and Python then never raises KeyboardInterrupt: give the server the default.
+                for signal in [Signal::SIGINT, Signal::SIGTERM] {
+                    nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)?;
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The parent may have died before prctl: then nobody would ever kill us.
                 if nix::unistd::getppid() != parent {
@@ -337,7 +347,7 @@ pub fn process_cpu_seconds(pid: Pid) -> std::io::Result<f64> {
     parse_stat_cpu(&stat, clock_ticks()).ok_or_else(|| std::io::Error::other("/proc/PID/stat"))
 }
 
-fn clock_ticks() -> u64 {
+pub fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -441,8 +451,14 @@ mod tests {
     #[test]
     fn words_split_like_a_shell() {
         let w = |s: &str| split_words(s).unwrap();
-        assert_eq!(w("python3  server.py {port}"), ["python3", "server.py", "{port}"]);
-        assert_eq!(w(r#"a 'b c' "d \"e\" \n" f\ g"#), ["a", "b c", "d \"e\" \\n", "f g"]);
+        assert_eq!(
+            w("python3  server.py {port}"),
+            ["python3", "server.py", "{port}"]
+        );
+        assert_eq!(
+            w(r#"a 'b c' "d \"e\" \n" f\ g"#),
+            ["a", "b c", "d \"e\" \\n", "f g"]
+        );
         assert_eq!(w("x''y \"\""), ["xy", ""]);
         assert!(w("").is_empty());
         assert!(split_words("a 'b").is_err());

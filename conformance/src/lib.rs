@@ -497,7 +497,10 @@ pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     };
     let run = checks::slow_reader(&target, mib, Some(server.pid()));
     must(run.verdict);
-    assert!(run.stalled, "the greedy client never stalled: no back-pressure");
+    assert!(
+        run.stalled,
+        "the greedy client never stalled: no back-pressure"
+    );
     let grown = run.grown_kib.expect("RSS from /proc");
     assert!(
         grown < 16 * 1024,
@@ -617,7 +620,10 @@ pub fn lecture_client(bin: &str, args: &[&str]) {
     let out = harness::collect(child.stdout.take().unwrap());
     let status = wait_with_deadline(&mut child);
     assert!(status.success(), "the Python client failed: {status:?}");
-    assert_eq!(harness::text_at_eof(&out, PATIENCE), "HELLO\nWöRLD, AGAIN\n");
+    assert_eq!(
+        harness::text_at_eof(&out, PATIENCE),
+        "HELLO\nWöRLD, AGAIN\n"
+    );
 }
 
 /// Runs the whole contract against one server configuration, one `#[test]` per check.

@@ -59,15 +59,33 @@ struct Args {
 
 /// What each check does, for --list.
 const ABOUT: &[(&str, &str)] = &[
-    ("hello", "a line comes back upper-cased (unchanged with --plain)"),
-    ("binary", "256 KiB of random bytes in random chunks, read concurrently: byte-exact"),
-    ("half-close", "data, then shutdown(SHUT_WR): the whole reply, then end-of-file"),
-    ("resets", "50 clients reset mid-stream (SO_LINGER 0): the server still answers"),
+    (
+        "hello",
+        "a line comes back upper-cased (unchanged with --plain)",
+    ),
+    (
+        "binary",
+        "256 KiB of random bytes in random chunks, read concurrently: byte-exact",
+    ),
+    (
+        "half-close",
+        "data, then shutdown(SHUT_WR): the whole reply, then end-of-file",
+    ),
+    (
+        "resets",
+        "50 clients reset mid-stream (SO_LINGER 0): the server still answers",
+    ),
     ("concurrent", "--clients N at once, interleaved round trips"),
-    ("slow-reader", "one client sends tens of MiB without reading: others answered promptly, it gets every byte"),
+    (
+        "slow-reader",
+        "one client sends tens of MiB without reading: others answered promptly, it gets every byte",
+    ),
     ("idle-cpu", "CPU while 100 clients sit idle (needs --spawn)"),
     ("memory", "RSS growth under the slow reader (needs --spawn)"),
-    ("sigint", "how it takes Ctrl-C, informational (needs --spawn)"),
+    (
+        "sigint",
+        "how it takes Ctrl-C, informational (needs --spawn)",
+    ),
 ];
 
 /// One line of the report.
@@ -139,7 +157,9 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
     };
     let addr = match &server {
         Some(s) => s.addr,
-        None => args.addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        None => args
+            .addr
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
     };
     if let Err(e) = TcpStream::connect_timeout(&addr, patience) {
         return Err(format!(

@@ -50,42 +50,37 @@ fn checker(args: &[&str]) -> Output {
         .expect("run the checker")
 }
 
-/// One check's line of the --json output.
+/// One check's object in the --json output.
 #[derive(Debug)]
 struct Graded {
     check: String,
     passed: bool,
-    line: String,
+    detail: String,
+    hint: String,
 }
 
-/// Runs the checker with --json and reads its array (one object per line, as it prints them).
+/// Runs the checker with --json and reads its array.
 fn graded(args: &[&str]) -> (i32, Vec<Graded>) {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let out = checker(&all);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let text = stdout.trim();
-    assert!(
-        text.starts_with('[') && text.ends_with(']'),
-        "not a JSON array:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |line: &str, key: &str| -> String {
-        let at = line.find(&format!("\"{key}\": ")).expect("the key") + key.len() + 4;
-        line[at..]
-            .split([',', '}'])
-            .next()
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
-    };
-    let lines = text
-        .lines()
-        .filter(|l| l.contains("\"check\""))
-        .map(|l| Graded {
-            check: field(l, "check"),
-            passed: field(l, "passed") == "true",
-            line: l.to_owned(),
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let text = |v: &serde_json::Value, key: &str| v[key].as_str().expect(key).to_owned();
+    let lines = json
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| Graded {
+            check: text(v, "check"),
+            passed: v["passed"].as_bool().expect("passed"),
+            detail: text(v, "detail"),
+            hint: text(v, "hint"),
         })
         .collect();
     (out.status.code().expect("an exit status"), lines)
@@ -107,20 +102,11 @@ fn line<'a>(lines: &'a [Graded], check: &str) -> &'a Graded {
         .unwrap_or_else(|| panic!("no {check} in {lines:?}"))
 }
 
-/// The hint as the JSON output escapes it.
-fn json_hint(hint: &str) -> String {
-    conformance::json_string(hint)
-}
-
 /// Asserts that exactly `want` failed, `check` with `hint`.
 fn assert_caught(lines: &[Graded], want: &[&str], check: &str, hint: &str) {
     assert_eq!(failed(lines), want, "{lines:#?}");
     let l = line(lines, check);
-    assert!(
-        l.line.contains(&json_hint(hint)),
-        "{check} failed with the wrong hint:\n{}",
-        l.line
-    );
+    assert_eq!(l.hint, hint, "{check} failed with the wrong hint: {l:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,7 +133,7 @@ fn workspace_server_passes(name: &str, args: &str) {
     assert_eq!(failed(&lines), Vec::<&str>::new(), "{cmd}: {lines:#?}");
     assert_eq!(lines.len(), 9, "{lines:#?}");
     assert!(
-        line(&lines, "sigint").line.contains("exit status 0"),
+        line(&lines, "sigint").detail.contains("exit status 0"),
         "{lines:#?}"
     );
     assert_eq!(code, 0);
@@ -229,7 +215,10 @@ fn blocking_single_mode_fails_concurrent() {
 
 #[test]
 fn the_books_python_select_server_passes() {
-    let cmd = format!("python3 {} {{port}}", script("docs/examples/select_server.py"));
+    let cmd = format!(
+        "python3 {} {{port}}",
+        script("docs/examples/select_server.py")
+    );
     let (code, lines) = graded(&["--spawn", &cmd]);
     assert_eq!(failed(&lines), Vec::<&str>::new(), "{lines:#?}");
     assert_eq!(lines.len(), 9);
@@ -238,7 +227,10 @@ fn the_books_python_select_server_passes() {
 
 #[test]
 fn the_lectures_select_server_stalls_everyone_on_a_slow_reader() {
-    let cmd = format!("python3 {} {{port}}", script("docs/examples/lecture_select.py"));
+    let cmd = format!(
+        "python3 {} {{port}}",
+        script("docs/examples/lecture_select.py")
+    );
     let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello,slow-reader,memory"]);
     assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_BLOCKING_SEND);
     assert_eq!(code, 1);
@@ -316,8 +308,8 @@ fn dying_on_a_reset_fails_resets_and_says_so() {
         "hello,resets,concurrent",
     ]);
     assert_caught(&lines, &["resets", "concurrent"], "resets", HINT_RESETS);
-    assert!(line(&lines, "resets").line.contains("the server exited"));
-    assert!(line(&lines, "concurrent").line.contains("not run"));
+    assert!(line(&lines, "resets").detail.contains("the server exited"));
+    assert!(line(&lines, "concurrent").detail.contains("not run"));
 }
 
 #[test]
@@ -357,7 +349,9 @@ fn a_server_deaf_to_sigint_is_killed() {
     let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello,sigint"]);
     assert_eq!(code, 0, "sigint is informational: {lines:#?}");
     assert!(
-        line(&lines, "sigint").line.contains("killed with SIGKILL"),
+        line(&lines, "sigint")
+            .detail
+            .contains("killed with SIGKILL"),
         "{lines:#?}"
     );
     assert_gone(&pidfile);
@@ -381,7 +375,10 @@ fn assert_gone(pidfile: &Path) {
             .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
     };
     while running() {
-        assert!(Instant::now() < deadline, "the server {pid} is still running");
+        assert!(
+            Instant::now() < deadline,
+            "the server {pid} is still running"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -466,19 +463,17 @@ fn list_names_every_check() {
 /// The readable report: a line per check with ✓ or ✗, the figure, and a hint under a failure.
 #[test]
 fn the_report_reads() {
-    let out = checker(&[
-        "--spawn",
-        &broken("forget-upper"),
-        "--only",
-        "hello,binary",
-    ]);
+    let out = checker(&["--spawn", &broken("forget-upper"), "--only", "hello,binary"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("checking 127.0.0.1:"), "{stdout}");
     assert!(lines[1].starts_with("✗ hello "), "{stdout}");
     assert!(lines[2].trim_start().starts_with("hint: "), "{stdout}");
-    assert!(lines.last().unwrap().contains("0 of 2 checks passed"), "{stdout}");
+    assert!(
+        lines.last().unwrap().contains("0 of 2 checks passed"),
+        "{stdout}"
+    );
 
     let out = checker(&["--spawn", &broken("none"), "--only", "hello"]);
     assert_eq!(out.status.code(), Some(0));
