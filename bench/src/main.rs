@@ -8,14 +8,16 @@
 //! cargo run --release -p bench -- readiness          # Kerrisk's table 63-9, on this machine
 //! cargo build --release --workspace                  # the servers, then:
 //! cargo run --release -p bench -- load --server epoll --conns 4 --idle 5000 --secs 3
+//! cargo run --release -p bench -- load --spawn 'python3 server.py {port}' --idle 500
 //! cargo run --release -p bench -- syscalls           # system calls per round trip (strace)
 //! cargo run --release -p bench -- report             # every table and plot of the book
 //! cargo run -p bench -- report --replot               # the same, redrawn from results.json
 //! ```
 //!
 //! `readiness` times the readiness calls alone (no server). `load` starts one server binary on
-//! port 0, holds idle connections open beside a few busy ones, and reads the server's CPU time,
-//! memory and thread count from `/proc`. `report` runs both over the whole matrix and writes
+//! port 0 (or any server with `--spawn CMD`, or measures one running at `--addr ADDR`), holds
+//! idle connections open beside a few busy ones, and reads the server's CPU time, memory and
+//! thread count from `/proc`. `report` runs both over the whole matrix and writes
 //! markdown tables and SVG plots into `docs/src/measurements/`.
 //!
 //! Run it in release mode: a debug build measures the bench, not the kernel.
@@ -90,7 +92,7 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
         /// Also measure a server of your own, named NAME in the tables and plots, started with
-        /// CMD (`{port}` is replaced by a free port), e.g. --also mine='python3 server.py {port}'
+        /// CMD (`{port}` is replaced by a free port), e.g. --also 'mine=python3 server.py {port}'
         #[arg(long, value_name = "NAME=CMD", value_parser = report::parse_also)]
         also: Vec<(String, String)>,
     },

@@ -233,14 +233,16 @@ impl CargoRun {
 
 /// Every `cargo run ... -p NAME` (or `--package NAME`, `--package=NAME`) in `text`, with the
 /// arguments it passes after `--`. A `--` before any `-p` ends the search: that is cargo's own
-/// package, not one named.
+/// package, not one named. After ` -- `, a quoted argument (`--spawn 'python3 s.py {port}'`)
+/// is one word, as a shell would pass it.
 fn cargo_runs(text: &str) -> Vec<CargoRun> {
     let mut found = Vec::new();
     for (index, line) in text.lines().enumerate() {
         for (at, _) in line.match_indices("cargo run") {
             let rest = &line[at + "cargo run".len()..];
-            let end = rest.find(['`', '|', ';', ')', '#', '>', '<', '&', '"', '\'']);
-            let mut words = rest[..end.unwrap_or(rest.len())].split_whitespace();
+            let end = command_end(rest);
+            let words = conformance::harness::split_words(&rest[..end]).unwrap_or_default();
+            let mut words = words.iter().map(String::as_str);
             let mut name = None;
             let mut args = Vec::new();
             while let Some(word) = words.next() {
@@ -262,6 +264,31 @@ fn cargo_runs(text: &str) -> Vec<CargoRun> {
         }
     }
     found
+}
+
+/// Where the command starting `rest` ends: at a shell operator, a comment, the end of a code
+/// span, or a quote, unless the quote opens a whole argument after ` -- ` and closes later.
+fn command_end(rest: &str) -> usize {
+    let args = rest.find(" -- ");
+    let mut quote = None;
+    for (i, c) in rest.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => {
+                let opens_argument = args.is_some_and(|a| i > a)
+                    && rest[..i].ends_with(' ')
+                    && rest[i + 1..].contains(c);
+                if !opens_argument {
+                    return i;
+                }
+                quote = Some(c);
+            }
+            None if "`|;)#><&".contains(c) => return i,
+            None => {}
+        }
+    }
+    rest.len()
 }
 
 #[test]
@@ -571,7 +598,8 @@ fn the_parsers_find_what_they_should() {
     let runs = cargo_runs(
         "`cargo run -p epoll -- --edge -v` | cargo run -q -p client -- 127.0.0.1:1 # c\n\
          cargo run -p NAME -- [OPTIONS] [ADDR]; cargo run -p select -- --workers N\n\
-         cargo run -p select; printf x | cargo run -p poll -- -v > out",
+         cargo run -p select; printf x | cargo run -p poll -- -v > out\n\
+         `cargo run -p conformance -- --spawn 'python3 s.py {port}' --plain` \"cargo run -p x\"",
     );
     let runs: Vec<(usize, &str, &[String])> = runs
         .iter()
@@ -581,6 +609,7 @@ fn the_parsers_find_what_they_should() {
         (1, "epoll", vec!["--edge", "-v"]),
         (1, "client", vec!["127.0.0.1:1"]),
         (3, "poll", vec!["-v"]),
+        (4, "conformance", vec!["--spawn", "python3 s.py {port}", "--plain"]),
     ];
     assert_eq!(runs.len(), expected.len(), "{runs:?}");
     for ((line, name, args), (want_line, want_name, want_args)) in runs.iter().zip(expected) {
