@@ -89,7 +89,9 @@ impl Server {
                 Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) if probe.is_none() => {
                     break "it closed its stdout without a `listening on` line".to_owned();
                 }
-                _ => {}
+                // Its stdout is closed: only the probe is left, at its own pace.
+                Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => thread::sleep(step),
+                Err(RecvTimeoutError::Timeout) => {}
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 break format!("it exited ({status}) before listening");

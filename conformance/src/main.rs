@@ -135,7 +135,7 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
             ));
         }
     }
-    if args.clients == 0 || args.slow_mib == 0 || !(args.timeout > 0.0) {
+    if args.clients == 0 || args.slow_mib == 0 || !args.timeout.is_finite() || args.timeout <= 0.0 {
         return Err("--clients, --slow-mib and --timeout must be more than 0".to_owned());
     }
     let patience = Duration::from_secs_f64(args.timeout);

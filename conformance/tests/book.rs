@@ -609,7 +609,11 @@ fn the_parsers_find_what_they_should() {
         (1, "epoll", vec!["--edge", "-v"]),
         (1, "client", vec!["127.0.0.1:1"]),
         (3, "poll", vec!["-v"]),
-        (4, "conformance", vec!["--spawn", "python3 s.py {port}", "--plain"]),
+        (
+            4,
+            "conformance",
+            vec!["--spawn", "python3 s.py {port}", "--plain"],
+        ),
     ];
     assert_eq!(runs.len(), expected.len(), "{runs:?}");
     for ((line, name, args), (want_line, want_name, want_args)) in runs.iter().zip(expected) {
