@@ -143,6 +143,7 @@ impl LoadResult {
 
     /// A run as `to_json` wrote it (`bench report --replot` reads them back).
     pub fn from_json(v: &crate::json::Value) -> anyhow::Result<LoadResult> {
+        use crate::json::Fields;
         let count = |key: &str| v.num(key).map(|x| x as u64);
         Ok(LoadResult {
             server: v.str("server")?.to_owned(),
@@ -165,7 +166,7 @@ impl LoadResult {
             server_rss_kib: count("server_rss_kib")?,
             server_threads: count("server_threads")?,
             // Written as null when the server's process was not known (`--addr` alone).
-            process_known: *v.get("server_rss_kib")? != crate::json::Value::Null,
+            process_known: !v.field("server_rss_kib")?.is_null(),
             client_cpu_s: v.num("client_cpu_s")?,
             client_cpu_share: v.num("client_cpu_share")?,
             client_threads: count("client_threads")? as usize,

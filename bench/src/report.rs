@@ -331,13 +331,14 @@ fn replot(out: &Path) -> anyhow::Result<()> {
     let path = out.join("results.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    use crate::json::Fields;
     let json = crate::json::parse(&text).with_context(|| format!("parse {}", path.display()))?;
     let rows = json
-        .get("readiness")?
+        .field("readiness")?
         .array("rows")?
         .iter()
         .map(|r| {
-            let ops = r.get("ops")?;
+            let ops = r.field("ops")?;
             Ok(readiness::Row {
                 n: r.num("n")? as usize,
                 secs: [r.num("select")?, r.num("poll")?, r.num("epoll")?],
