@@ -806,6 +806,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn also_takes_a_name_and_a_command() {
+        assert_eq!(
+            parse_also("mine=python3 s.py {port} --x=1"),
+            Ok(("mine".to_owned(), "python3 s.py {port} --x=1".to_owned()))
+        );
+        assert!(parse_also("python3 s.py").is_err());
+        assert!(parse_also("=python3 s.py").is_err());
+        assert!(parse_also("mine=").is_err());
+    }
+
+    #[test]
     fn dates_from_days() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
