@@ -3,7 +3,7 @@
 //! styles, and against deliberately broken ones (tests/servers/broken.py), each of which must
 //! fail on the check that names its fault, with the right hint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,15 +22,11 @@ fn turn() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds this crate")
-        .to_path_buf()
-}
-
 fn script(relative: &str) -> String {
-    workspace().join(relative).display().to_string()
+    conformance::workspace()
+        .join(relative)
+        .display()
+        .to_string()
 }
 
 fn broken(fault: &str) -> String {
@@ -112,19 +108,9 @@ fn assert_caught(lines: &[Graded], want: &[&str], check: &str, hint: &str) {
 // ---------------------------------------------------------------------------------------------
 // Every server of this workspace passes.
 
-/// A workspace binary: beside this test's `deps/` directory, built first if missing.
+/// A workspace binary, as a path in a command line.
 fn binary(name: &str) -> String {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    if !path.exists() {
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "-q", "-p", name])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p {name} failed");
-    }
-    path.display().to_string()
+    conformance::binary(name).display().to_string()
 }
 
 fn workspace_server_passes(name: &str, args: &str) {
