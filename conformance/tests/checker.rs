@@ -105,6 +105,16 @@ fn assert_caught(lines: &[Graded], want: &[&str], check: &str, hint: &str) {
     assert_eq!(l.hint, hint, "{check} failed with the wrong hint: {l:#?}");
 }
 
+/// Runs the checker on broken.py with `fault`, and asserts that exactly `failing` failed, the
+/// first of them with `hint`.
+fn caught(fault: &str, extra: &[&str], failing: &[&str], hint: &str) -> Vec<Graded> {
+    let cmd = broken(fault);
+    let (code, lines) = graded(&[&["--spawn", cmd.as_str()], extra].concat());
+    assert_caught(&lines, failing, failing[0], hint);
+    assert_eq!(code, 1);
+    lines
+}
+
 // ---------------------------------------------------------------------------------------------
 // Every server of this workspace passes.
 
@@ -263,68 +273,69 @@ fn one_at_a_time_socketserver_fails_concurrent() {
 
 #[test]
 fn forgetting_upper_case_fails_hello() {
-    let (code, lines) = graded(&["--spawn", &broken("forget-upper"), "--only", "hello"]);
-    assert_caught(&lines, &["hello"], "hello", HINT_UPPER);
-    assert_eq!(code, 1);
+    caught("forget-upper", &["--only", "hello"], &["hello"], HINT_UPPER);
 }
 
 #[test]
 fn upper_casing_decoded_text_fails_binary() {
-    let (_, lines) = graded(&["--spawn", &broken("latin1"), "--clients", "20"]);
-    assert_caught(&lines, &["binary"], "binary", HINT_CHANGED);
+    caught("latin1", &["--clients", "20"], &["binary"], HINT_CHANGED);
 }
 
 #[test]
 fn dropping_what_is_owed_at_eof_fails_half_close() {
-    let (_, lines) = graded(&[
-        "--spawn",
-        &broken("drop-at-eof"),
-        "--only",
-        "hello,half-close",
-    ]);
-    assert_caught(&lines, &["half-close"], "half-close", HINT_EOF);
+    let only = ["--only", "hello,half-close"];
+    caught("drop-at-eof", &only, &["half-close"], HINT_EOF);
 }
 
 #[test]
 fn dying_on_a_reset_fails_resets_and_says_so() {
-    let (_, lines) = graded(&[
-        "--spawn",
-        &broken("die-on-reset"),
-        "--only",
-        "hello,resets,concurrent",
-    ]);
-    assert_caught(&lines, &["resets", "concurrent"], "resets", HINT_RESETS);
+    let only = ["--only", "hello,resets,concurrent"];
+    let lines = caught(
+        "die-on-reset",
+        &only,
+        &["resets", "concurrent"],
+        HINT_RESETS,
+    );
     assert!(line(&lines, "resets").detail.contains("the server exited"));
     assert!(line(&lines, "concurrent").detail.contains("not run"));
 }
 
 #[test]
 fn a_blocking_send_fails_slow_reader_as_stalling_everyone() {
-    let (_, lines) = graded(&["--spawn", &broken("block-in-send"), "--clients", "20"]);
-    assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_BLOCKING_SEND);
+    let clients = ["--clients", "20"];
+    caught(
+        "block-in-send",
+        &clients,
+        &["slow-reader"],
+        HINT_BLOCKING_SEND,
+    );
 }
 
 #[test]
 fn an_ignored_send_count_fails_slow_reader_as_bytes_lost() {
-    let (_, lines) = graded(&["--spawn", &broken("ignore-count"), "--clients", "20"]);
-    assert_caught(&lines, &["slow-reader"], "slow-reader", HINT_COUNT_IGNORED);
+    let clients = ["--clients", "20"];
+    caught(
+        "ignore-count",
+        &clients,
+        &["slow-reader"],
+        HINT_COUNT_IGNORED,
+    );
 }
 
 #[test]
 fn no_back_pressure_fails_memory() {
-    let (_, lines) = graded(&[
-        "--spawn",
-        &broken("unbounded"),
-        "--only",
-        "slow-reader,memory",
-    ]);
-    assert_caught(&lines, &["memory"], "memory", HINT_MEMORY);
+    let only = ["--only", "slow-reader,memory"];
+    caught("unbounded", &only, &["memory"], HINT_MEMORY);
 }
 
 #[test]
 fn a_busy_loop_fails_idle_cpu() {
-    let (_, lines) = graded(&["--spawn", &broken("busy"), "--only", "hello,idle-cpu"]);
-    assert_caught(&lines, &["idle-cpu"], "idle-cpu", HINT_BUSY);
+    caught(
+        "busy",
+        &["--only", "hello,idle-cpu"],
+        &["idle-cpu"],
+        HINT_BUSY,
+    );
 }
 
 /// A server deaf to SIGINT is killed after the grace period, and the report says so.
