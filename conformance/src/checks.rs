@@ -107,6 +107,8 @@ pub struct Target {
     pub plain: bool,
     /// The longest any one wait may take before the check gives up.
     pub patience: Duration,
+    /// The slowest reply the slow-reader check accepts for a client beside the slow one.
+    pub prompt: Duration,
 }
 
 impl Target {
@@ -115,6 +117,7 @@ impl Target {
             addr,
             plain: false,
             patience: crate::PATIENCE,
+            prompt: PROMPT,
         }
     }
 
@@ -501,7 +504,7 @@ enum Sending {
 }
 
 /// A slow reader: one client sends `mib` MiB without reading a byte. Other clients must still
-/// be answered within [`PROMPT`] (a blocking send to the slow one stalls everyone), and once the
+/// be answered within `t.prompt` (a blocking send to the slow one stalls everyone), and once the
 /// slow one reads, every byte must come back in order (a non-blocking send whose count is
 /// ignored loses bytes). With `pid`, the server's RSS growth meanwhile is measured too.
 pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
@@ -576,8 +579,8 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
         outcome.stalled = *guard == Sending::Stalled;
     }
 
-    // Meanwhile another client is served as usual, each reply within PROMPT.
-    let late = PROMPT.max(Duration::from_secs(3)).min(patience);
+    // Meanwhile another client is served as usual, each reply within t.prompt.
+    let late = t.prompt.max(Duration::from_secs(3)).min(patience);
     let mut worst = Duration::ZERO;
     let mut stalled_everyone = None;
     let mut wrong: Option<Failure> = None;
@@ -614,11 +617,11 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
                     }
                 }
             }
-            if stalled_everyone.is_none() && wrong.is_none() && worst > PROMPT {
+            if stalled_everyone.is_none() && wrong.is_none() && worst > t.prompt {
                 stalled_everyone = Some(format!(
                     "the other client's slowest reply took {} (more than {})",
                     ms(worst),
-                    ms(PROMPT)
+                    ms(t.prompt)
                 ));
             }
         }

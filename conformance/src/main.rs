@@ -30,7 +30,7 @@ use nix::sys::signal::Signal;
 struct Args {
     /// The server to check [default: 127.0.0.1:8080, or the one CMD listens on]
     addr: Option<SocketAddr>,
-    /// Start the server with CMD (split into words like a shell, none run), `{port}` replaced
+    /// Start the server with CMD (split into words like a shell, but no shell runs), `{port}` replaced
     /// by a free port; stop it with SIGINT afterwards
     #[arg(long, value_name = "CMD")]
     spawn: Option<String>,
@@ -174,9 +174,9 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
         }
     }
     let target = Target {
-        addr,
         plain: args.plain,
         patience,
+        ..Target::new(addr)
     };
     let pid = server.as_ref().map(Server::pid);
 
