@@ -40,7 +40,7 @@ use nix::unistd::Pid;
 use crate::table::{json_number, sig3, thousands};
 
 /// How long a server may take to announce itself, or to exit after SIGINT.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Idle connections are opened in batches of this many; after each batch one round trip on its
 /// last connection proves the server has accepted the whole batch (accept takes connections

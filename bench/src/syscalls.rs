@@ -16,11 +16,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::load::{ServerProcess, open_idle, server_binary};
+use crate::load::{PATIENCE, open_idle, server_binary};
 use crate::table::{json_number, json_string, markdown, sig3, thousands};
 
 /// The calls a server's own counters count: readiness waits, accept, read and write in their
@@ -244,7 +244,7 @@ pub fn strace() -> anyhow::Result<PathBuf> {
 
 pub fn run_all(args: &SyscallArgs) -> anyhow::Result<Vec<Count>> {
     let strace = strace()?;
-    crate::raise_descriptor_limit().context("raise RLIMIT_NOFILE")?;
+    conformance::raise_descriptor_limit();
     let mut counts = Vec::new();
     for &(label, short, server, server_args) in MODELS {
         if args
@@ -301,8 +301,10 @@ fn session(
     let bin_arg = bin.to_string_lossy().into_owned();
     let mut argv = vec!["-f", "-c", "-o", &out_arg, &bin_arg];
     argv.extend(server_args.split_whitespace());
-    let server = ServerProcess::start(strace, &argv)?;
-    let traced = traced_child(server.pid())?;
+    let mut cmd = std::process::Command::new(strace);
+    cmd.args(&argv);
+    let server = conformance::Server::launch(cmd, None, PATIENCE).map_err(|e| anyhow!("{e}"))?;
+    let traced = traced_child(server.pid().as_raw())?;
     let idle = open_idle(server.addr, args.idle)?;
     let clients: Vec<_> = (0..args.clients)
         .map(|i| {
@@ -316,7 +318,12 @@ fn session(
     drop(idle);
     // Ctrl-C to the server itself: strace, given a program and -o, blocks SIGINT (strace -I).
     kill(Pid::from_raw(traced), Signal::SIGINT).context("kill -INT")?;
-    let summary = server.stop()?;
+    // strace ignores this SIGINT (see above) and exits when the server has.
+    let stopped = server.stop(Signal::SIGINT, PATIENCE);
+    if stopped.killed {
+        bail!("the server did not exit within {PATIENCE:?} of SIGINT");
+    }
+    let summary = conformance::summary_line(&stopped.stderr).unwrap_or_default();
     let text = std::fs::read_to_string(&out).context("strace's output")?;
     let _ = std::fs::remove_file(&out);
     Ok(Session {

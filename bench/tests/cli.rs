@@ -139,11 +139,15 @@ fn syscalls_of_select_agree_with_strace() {
         "20",
         "--json",
     ]);
-    let json = json::parse(&text).unwrap_or_else(|e| panic!("{e} in {text}"));
+    let json = parse(&text);
     let rows = json.as_array().expect("an array");
     assert_eq!(rows.len(), 1, "{text}");
     let row = &rows[0];
-    let num = |k: &str| row.get(k).and_then(json::Value::as_f64).unwrap_or(f64::NAN);
+    let num = |k: &str| {
+        row.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
     assert_eq!(num("round_trips"), 1200.0, "{text}");
     let per = num("per_round_trip");
     assert!(
@@ -151,7 +155,12 @@ fn syscalls_of_select_agree_with_strace() {
         "select per round trip: {per} in {text}"
     );
     let calls = row.get("calls").expect("calls");
-    let call = |k: &str| calls.get(k).and_then(json::Value::as_f64).unwrap_or(0.0);
+    let call = |k: &str| {
+        calls
+            .get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
     assert!(call("recvfrom") + call("read") >= 1200.0, "{text}");
     assert!(call("sendto") + call("write") >= 1200.0, "{text}");
     let (own, traced) = (num("server_count"), num("strace_count"));
