@@ -1,0 +1,147 @@
+//! The handler, and the worker pool that can run it off the loop (`--workers N`).
+//!
+//! The handler is the application: every line costs `--work-us` µs of CPU, then is upper-cased.
+//! With no workers the loop calls it itself, and every other client waits. With workers, the loop
+//! hands a connection's complete lines to a `threadpool` as one batch; a worker runs the handler,
+//! sends the batch back down the loop's `crossbeam-channel`, and writes 1 to the loop's eventfd.
+//! The eventfd is what wakes the loop: `epoll_wait` sleeps on descriptors, not on channels.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::eventfd::EventFd;
+use support::Counter;
+
+/// Lines the handler ran on, on a loop's thread and on a worker's.
+pub static LINES_IN_LOOP: Counter = Counter::new();
+pub static LINES_IN_WORKERS: Counter = Counter::new();
+
+/// Batches one loop may have at the pool (queued or being worked on), per worker. Enough to keep
+/// every worker busy; past it the loop stops reading the clients whose lines would wait.
+const QUEUE_PER_WORKER: usize = 4;
+
+// ANCHOR: handler
+/// The application: for every line (up to and including its `\n`; a last piece without one
+/// counts as a line), `cost` of CPU, then the echo transform. Returns the number of lines.
+pub fn handle(batch: &mut [u8], cost: Duration) -> u64 {
+    let mut lines = 0;
+    for line in batch.split_inclusive_mut(|&b| b == b'\n') {
+        spin(cost);
+        support::transform(line);
+        lines += 1;
+    }
+    lines
+}
+
+/// Simulated work that costs CPU, as parsing or computing would: spin on the clock. (A sleep
+/// would give the core away and hide the cost; a blocking call by mistake looks like a sleep.)
+fn spin(cost: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < cost {
+        std::hint::spin_loop();
+    }
+}
+// ANCHOR_END: handler
+
+/// A batch the handler has finished: whose it is, and its reply.
+pub struct Done {
+    pub key: u64,
+    pub reply: Vec<u8>,
+}
+
+// ANCHOR: pool
+/// One loop's way to the workers and back. The workers are shared by every loop; the result
+/// channel and the eventfd are this loop's own, so each reply comes back to the loop that owns
+/// its connection.
+pub struct Pool {
+    /// None: --workers 0, the handler runs in the loop.
+    workers: Option<threadpool::ThreadPool>,
+    cost: Duration,
+    results: Receiver<Done>,
+    sender: Sender<Done>,
+    /// In this loop's epoll set: a worker adds 1 after each result, the loop reads it back to 0.
+    waker: Arc<EventFd>,
+    /// Batches at the pool: queued or being worked on; at most `limit`.
+    in_flight: usize,
+    limit: usize,
+    /// Connections with a batch ready while the pool was full, first come first served. Each is
+    /// here at most once, and is not read from meanwhile: the back-pressure of a full queue.
+    waiting: VecDeque<u64>,
+}
+
+impl Pool {
+    pub fn new(
+        workers: Option<&threadpool::ThreadPool>,
+        cost: Duration,
+        waker: Arc<EventFd>,
+    ) -> Pool {
+        let limit = QUEUE_PER_WORKER * workers.map_or(1, |w| w.max_count());
+        // Bounded, and never full: at most `limit` batches are out, so at most `limit` results.
+        let (sender, results) = crossbeam_channel::bounded(limit);
+        Pool {
+            workers: workers.cloned(),
+            cost,
+            results,
+            sender,
+            waker,
+            in_flight: 0,
+            limit,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The handler's cost per line (`--work-us`).
+    pub fn cost(&self) -> Duration {
+        self.cost
+    }
+
+    /// True with --workers 0: the loop runs the handler itself.
+    pub fn in_loop(&self) -> bool {
+        self.workers.is_none()
+    }
+
+    /// Is there room for one more batch? If not, `key` waits its turn (see [`Pool::next_waiting`]).
+    pub fn has_room(&mut self, key: u64) -> bool {
+        if self.in_flight < self.limit {
+            return true;
+        }
+        self.waiting.push_back(key);
+        false
+    }
+
+    /// Hands a batch to a worker; the reply comes back through [`Pool::collect`].
+    pub fn submit(&mut self, key: u64, mut batch: Vec<u8>) {
+        let Some(workers) = &self.workers else {
+            unreachable!("submit with no workers");
+        };
+        self.in_flight += 1;
+        let (sender, waker, cost) = (self.sender.clone(), Arc::clone(&self.waker), self.cost);
+        workers.execute(move || {
+            LINES_IN_WORKERS.add(handle(&mut batch, cost));
+            // Send, then wake: the loop reads the eventfd before it empties the channel, so a
+            // result sent after it looked is announced by a wake-up it has not read yet.
+            let _ = sender.send(Done { key, reply: batch });
+            let _ = waker.write(1);
+        });
+    }
+
+    /// After the eventfd said readable: read it back to 0, then take every finished batch.
+    pub fn collect(&mut self) -> Vec<Done> {
+        let _ = self.waker.read();
+        let done: Vec<Done> = self.results.try_iter().collect();
+        self.in_flight -= done.len();
+        done
+    }
+
+    /// The next connection waiting for room, once there is room again.
+    pub fn next_waiting(&mut self) -> Option<u64> {
+        if self.in_flight < self.limit {
+            self.waiting.pop_front()
+        } else {
+            None
+        }
+    }
+}
+// ANCHOR_END: pool
