@@ -171,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let pool = Pool::new(workers.as_ref(), cost, me.waker.clone());
         serve(me, pool, &wait_mask)
     })?;
-    let mut counts = vec![
+    support::summary(&[
         ("level-triggered events", EVENTS.get()),
         ("epoll_ctl add", ADDS.get()),
         ("modify", MODIFIES.get()),
@@ -179,14 +179,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ("lines handled in the loop", LINES_IN_LOOP.get()),
         ("by workers", LINES_IN_WORKERS.get()),
         ("µs longest pass of a loop", loops::longest_pass_us()),
-    ];
-    let names: Vec<String> = (0..connections.len())
-        .map(|i| format!("on loop {i}"))
-        .collect();
+    ]);
     if connections.len() > 1 {
-        counts.extend(names.iter().map(String::as_str).zip(connections));
+        say!("connections per loop: {connections:?}");
     }
-    support::summary(&counts);
     Ok(())
 }
 // ANCHOR_END: run
