@@ -3,13 +3,16 @@
 //! connections across them and no two loops ever share a connection, a buffer or a lock.
 
 use std::cell::Cell;
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use anyhow::Context;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
@@ -53,11 +56,30 @@ fn listen_reuseport(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 // ANCHOR_END: listen
 
-/// What one loop is given: its listener, and its eventfd (the wake-up that workers and the
-/// other loops use).
+/// What one loop is given: its listener, its eventfd (the wake-up that workers and the other
+/// loops use), and its part in the start.
 pub struct Loop {
     pub listener: TcpListener,
     pub waker: Arc<EventFd>,
+    pub set_up: SetUp,
+}
+
+/// The start of the loops: the first announces the address once every loop is set up.
+pub struct SetUp {
+    id: usize,
+    barrier: Arc<Barrier>,
+}
+
+impl SetUp {
+    /// Once every loop has registered its listener, the first says where they listen: a
+    /// client (or a test counting the descriptors) that reads it finds every loop ready.
+    pub fn announce(&self, listener: &TcpListener) -> anyhow::Result<()> {
+        self.barrier.wait();
+        if self.id == 0 {
+            support::announce(listener)?;
+        }
+        Ok(())
+    }
 }
 
 // ANCHOR: spawn
@@ -73,19 +95,26 @@ where
         .map(|_| EventFd::from_flags(flags).map(Arc::new))
         .collect::<Result<_, _>>()
         .context("eventfd")?;
-    let (serve, wakers) = (Arc::new(serve), Arc::new(wakers));
+    let (serve, wakers) = (Arc::new(serve), WAKERS.get_or_init(|| wakers));
+    let barrier = Arc::new(Barrier::new(listeners.len()));
     let (done, finished) = crossbeam_channel::bounded(listeners.len());
     for (id, listener) in listeners.into_iter().enumerate() {
-        let (serve, wakers, done) = (Arc::clone(&serve), Arc::clone(&wakers), done.clone());
+        let (serve, done) = (Arc::clone(&serve), done.clone());
         let waker = Arc::clone(&wakers[id]);
+        let set_up = SetUp {
+            id,
+            barrier: Arc::clone(&barrier),
+        };
         std::thread::Builder::new()
             .name(format!("loop-{id}"))
             .spawn(move || {
                 LOOP_ID.set(id);
-                let result = serve(Loop { listener, waker });
-                for waker in wakers.iter() {
-                    let _ = waker.write(1);
-                }
+                let result = serve(Loop {
+                    listener,
+                    waker,
+                    set_up,
+                });
+                wake_all();
                 let _ = done.send((id, result));
             })
             .context("spawn a loop's thread")?;
@@ -131,3 +160,51 @@ pub fn pass_ended(woke: Instant) {
 pub fn longest_pass_us() -> u64 {
     LONGEST_PASS_US.load(Ordering::Relaxed)
 }
+
+/// Every loop's eventfd, for [`wake_all`].
+static WAKERS: OnceLock<Vec<Arc<EventFd>>> = OnceLock::new();
+
+fn wake_all() {
+    for waker in WAKERS.get().into_iter().flatten() {
+        let _ = waker.write(1);
+    }
+}
+
+// ANCHOR: starving
+// Out of descriptors, with several loops. The spare descriptor trick (give the spare back,
+// accept, close, take the spare again) assumes that nobody else opens a descriptor in between;
+// but the loops share one descriptor table, and another loop's accept can take the one just
+// given back. A loop left without its spare cannot accept at all, and its listener, ready for
+// ever, would make every wait return at once. So it stops watching the listener, and the next
+// loop to close a connection (freeing a descriptor) wakes every loop to try again.
+
+/// Some loop has stopped watching its listener for want of a descriptor.
+static STARVING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static LISTENER_OFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// After an EMFILE that the spare could not answer: stop watching the listener.
+pub fn starving(epoll: &Epoll, listener: &TcpListener, key: u64) {
+    let _ = epoll.modify(listener, &mut EpollEvent::new(EpollFlags::empty(), key));
+    LISTENER_OFF.set(true);
+    STARVING.store(true, Ordering::SeqCst);
+}
+
+/// After closing a connection: if a loop is starving, wake them all.
+pub fn descriptor_freed() {
+    if STARVING.swap(false, Ordering::SeqCst) {
+        wake_all();
+    }
+}
+
+/// After a wake-up: a starving loop takes its spare again and watches its listener again.
+pub fn woken(epoll: &Epoll, listener: &TcpListener, key: u64, spare: &mut Option<File>) {
+    if LISTENER_OFF.get() {
+        *spare = spare.take().or_else(support::reserve_descriptor);
+        let _ = epoll.modify(listener, &mut EpollEvent::new(EpollFlags::EPOLLIN, key));
+        LISTENER_OFF.set(false);
+    }
+}
+// ANCHOR_END: starving

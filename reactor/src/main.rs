@@ -23,14 +23,10 @@
 //! Diff it: `diff epoll/src/main.rs reactor/src/main.rs` (the handler gets a cost, a pool and
 //! its wake-up, and the loop a thread per core); the pool is in `pool.rs`, the loops in `loops.rs`.
 
-mod loops;
-mod pool;
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -41,6 +37,12 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::SigSet;
 use pool::{LINES_IN_LOOP, LINES_IN_WORKERS, Pool};
 use support::{Counter, STATS, say, trace};
+
+mod loops; // one loop per thread, each with its own listener on one port (SO_REUSEPORT)
+mod pool; // the handler, and the workers that can run it off the loop
+#[path = "../../epoll/src/pwait.rs"]
+mod pwait; // epoll_wait with a signal mask, which nix 0.32 does not wrap
+use pwait::epoll_pwait;
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -140,8 +142,8 @@ impl Client {
         trace!("{}: {err}; closing", self.peer);
         self.broken = true;
     }
-    /// What to register: exactly what it wants now, or the kernel would wake us again and
-    /// again for a socket we mean to ignore.
+    /// What to register: exactly what it wants now. Level-triggered, a socket registered for
+    /// an event we mean to ignore would wake us again and again.
     fn wanted(&self) -> EpollFlags {
         let mut events = EpollFlags::empty();
         events.set(EpollFlags::EPOLLIN, self.wants_read());
@@ -164,7 +166,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // signals get in only where a loop waits in epoll_pwait with the mask that lets them.
     let wait_mask = support::catch_signals()?;
     let listeners = loops::listen_all(args.common.addr, args.loops.into())?;
-    support::announce(&listeners[0])?;
     let workers = (args.workers > 0).then(|| threadpool::ThreadPool::new(args.workers));
     let cost = Duration::from_micros(args.work_us);
     let connections = loops::spawn(listeners, move |me| {
@@ -197,13 +198,15 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
     // The interest list lives in the kernel: the listener goes in once, under its own key, and
     // so does the eventfd that workers and the other loops write to wake this one.
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
+    let listen_for = EpollFlags::EPOLLIN;
     epoll
-        .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+        .add(&listener, EpollEvent::new(listen_for, LISTENER))
         .context("epoll_ctl(ADD, listener)")?;
     epoll
         .add(&*me.waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKER))
         .context("epoll_ctl(ADD, eventfd)")?;
     ADDS.add(2);
+    me.set_up.announce(&listener)?;
     let mut spare = support::reserve_descriptor();
     let mut clients: HashMap<u64, Client> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); MAX_EVENTS];
@@ -220,28 +223,24 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("epoll_wait"),
         };
+        trace!("epoll_wait: {n} ready of {} watched", clients.len() + 2);
         // A wait that finds a socket ready at once returns without letting a Ctrl-C in: it
         // stays pending, blocked. Under steady load that is every wait, so ask after each one.
         if support::stop_pending() {
             break;
         }
         let woke = Instant::now();
-        let ready = &events[..n];
-        trace!(
-            "epoll_wait: {n} ready of {} watched:{}",
-            clients.len() + 2,
-            describe(ready)
-        );
         STATS.wakeups.add(1);
         EVENTS.add(n as u64);
-        let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
-        let woken = ready.iter().any(|event| event.data() == WAKER);
         // EPOLLHUP and EPOLLERR come back whether asked for or not: count them as readable and
         // writable, so that the read or the write reports the EOF or the error; ignored, they
         // would make every level-triggered wait return at once, for ever.
         let gone = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
         let readable = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | gone;
         let writable = EpollFlags::EPOLLOUT | gone;
+        let ready = &events[..n];
+        let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
+        let woken = ready.iter().any(|event| event.data() == WAKER);
         // ANCHOR_END: wait
 
         // Phase 2: accept every connection waiting in the listen queue.
@@ -254,6 +253,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         // goes out after the ones before it, and its client's next batch can go to the pool.
         let mut touched: Vec<u64> = ready.iter().map(|event| event.data()).collect();
         if woken {
+            loops::woken(&epoll, &listener, LISTENER, &mut spare);
             for done in pool.collect() {
                 let Some(client) = clients.get_mut(&done.key) else {
                     continue; // it left while its lines were worked on
@@ -278,18 +278,18 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         // ANCHOR: read_write
         // Phase 3: read and write, only where the kernel said the call will not block.
         for event in ready {
-            let key = event.data();
-            let Some(client) = clients.get_mut(&key) else {
+            let Some(client) = clients.get_mut(&event.data()) else {
                 continue; // the listener or the eventfd: done in phase 2
             };
-            // Write first, then read. A flush that brings a back-pressured client's output
-            // below MAX_PENDING lets the read below go on where it stopped.
+            trace!("{}: {:?}", client.peer, event.events());
+            // Write first, then read: a flush that brings a back-pressured client's output
+            // below MAX_PENDING lets it read again at once.
             if event.events().intersects(writable) {
                 flush(client);
             }
-            // Level-triggered, once is enough: the next wait reports what is left.
+            // Once is enough: input left unread is reported again by the next wait.
             if event.events().intersects(readable) && client.wants_read() {
-                handle_client_data(key, client, &mut buf, &mut pool);
+                handle_client_data(event.data(), client, &mut buf, &mut pool);
             }
         }
         // ANCHOR_END: read_write
@@ -309,7 +309,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
                 MODIFIES.add(1);
                 match epoll.modify(&client.stream, &mut EpollEvent::new(wanted, key)) {
                     Ok(()) => {
-                        trace!("{}: now registered for {}", client.peer, names(wanted));
+                        trace!("{}: now registered for {wanted:?}", client.peer);
                         client.interest = wanted;
                     }
                     Err(e) => client.fail(e.into()),
@@ -328,6 +328,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
                     trace!("{}: epoll_ctl(DEL): {e}", client.peer);
                 }
                 clients.remove(&key); // dropping the stream closes the descriptor
+                loops::descriptor_freed();
             }
         }
         // ANCHOR_END: close
@@ -382,21 +383,16 @@ fn handle_new_connection(
             // No descriptor left. The connection stays queued and the listener stays ready,
             // so the next wait returns at once, for ever: a busy loop. Give back the spare
             // descriptor, accept the connection and close it, then take the spare again.
-            // Then go on until the queue is empty, since EMFILE comes before accept looks at
-            // the queue, or until the spare cannot be taken again: going on would spin here.
             Err(e) if support::out_of_descriptors(&e) => {
                 drop(spare.take());
-                let waiting = match listener.accept() {
-                    Ok((_stream, peer)) => {
-                        say!("accept: {e}; closing {peer} unserved");
-                        true
-                    }
-                    Err(_) => false,
-                };
-                *spare = support::reserve_descriptor();
-                if !waiting || spare.is_none() {
-                    break;
+                if let Ok((_stream, peer)) = listener.accept() {
+                    say!("accept: {e}; closing {peer} unserved");
                 }
+                *spare = support::reserve_descriptor();
+                if spare.is_none() {
+                    loops::starving(epoll, listener, LISTENER); // another loop took it
+                }
+                break;
             }
             // E.g. ECONNABORTED: the client gave up before we accepted it.
             Err(e) => {
@@ -419,7 +415,7 @@ fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut 
             STATS.bytes_in.add(n as u64);
             client.input.extend_from_slice(&buf[..n]);
         }
-        // Nothing after all: the next wait will say when there is.
+        // Not ready after all (it happens); the next pass will ask again.
         Err(e) if support::would_block(&e) => STATS.would_block.add(1),
         Err(e) if support::interrupted(&e) => {}
         Err(e) => client.fail(e),
@@ -485,48 +481,3 @@ fn flush(client: &mut Client) {
     }
 }
 // ANCHOR_END: flush
-
-// ANCHOR: epoll_pwait
-/// epoll_wait with a signal mask installed for the length of the wait, as `pselect` and
-/// `ppoll` do: nix 0.32 wraps epoll_wait only, so this calls libc directly. Waits for ever.
-fn epoll_pwait(epoll: &Epoll, events: &mut [EpollEvent], mask: &SigSet) -> nix::Result<usize> {
-    let max = events.len().min(i32::MAX as usize) as i32;
-    // SAFETY: EpollEvent is #[repr(transparent)] over libc::epoll_event, so `events` is an
-    // array of `max` epoll_events for the kernel to fill; the mask is a valid sigset_t. Both
-    // outlive the call.
-    let n = unsafe {
-        libc::epoll_pwait(
-            epoll.0.as_raw_fd(),
-            events.as_mut_ptr().cast::<libc::epoll_event>(),
-            max,
-            -1,
-            mask.as_ref(),
-        )
-    };
-    Errno::result(n).map(|n| n as usize)
-}
-// ANCHOR_END: epoll_pwait
-
-/// ` L=in 3=in|out ...` for the `-v` trace: the key and flags of each ready socket (8 at most).
-fn describe(ready: &[EpollEvent]) -> String {
-    let mut text = String::new();
-    for event in ready.iter().take(8) {
-        match event.data() {
-            LISTENER => text.push_str(&format!(" L={}", names(event.events()))),
-            WAKER => text.push_str(&format!(" W={}", names(event.events()))),
-            key => text.push_str(&format!(" {key}={}", names(event.events()))),
-        }
-    }
-    if ready.len() > 8 {
-        text.push_str(&format!(" (+{} more)", ready.len() - 8));
-    }
-    text
-}
-
-/// `in|out` for EPOLLIN | EPOLLOUT.
-fn names(flags: EpollFlags) -> String {
-    let names: Vec<String> = (flags.iter_names())
-        .map(|(name, _)| name.trim_start_matches("EPOLL").to_lowercase())
-        .collect();
-    names.join("|")
-}
