@@ -206,8 +206,8 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         .add(&*me.waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKER))
         .context("epoll_ctl(ADD, eventfd)")?;
     ADDS.add(2);
-    me.set_up.announce(&listener)?;
     let mut spare = support::reserve_descriptor();
+    me.set_up.announce(&listener)?; // once every loop holds all it needs
     let mut clients: HashMap<u64, Client> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); MAX_EVENTS];
     let mut buf = [0u8; BUF_SIZE];
