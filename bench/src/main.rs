@@ -27,6 +27,8 @@
 #[cfg(target_os = "linux")]
 mod json;
 #[cfg(target_os = "linux")]
+mod latency;
+#[cfg(target_os = "linux")]
 mod load;
 #[cfg(target_os = "linux")]
 mod plot;
@@ -75,6 +77,19 @@ enum Command {
     /// Every model serves the same session under `strace -f -c`: system calls per round trip,
     /// the most frequent ones, and the server's own count beside strace's (needs strace).
     Syscalls(syscalls::SyscallArgs),
+    /// A slow handler's stall: light clients' latency beside a heavy one, for the epoll loop, a
+    /// worker pool, two loops and a thread per client; and one loop against two.
+    Latency {
+        /// Seconds per cell.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// Where to write stall.md, stall.svg and loops.md (default: docs/src/measurements).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Directory holding the server binaries (default: the one holding this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Run every measurement and write the tables and SVG plots for the book.
     Report {
         /// A fast smoke run: few idle levels, short windows. Writes to target/measurements-quick
@@ -111,6 +126,7 @@ fn main() -> ExitCode {
         Command::Readiness { json, ops } => readiness::main(json, ops),
         Command::Load(load) => load::main(&load),
         Command::Syscalls(args) => syscalls::main(&args),
+        Command::Latency { secs, out, bin_dir } => latency::main(secs, out, bin_dir),
         Command::Report {
             quick,
             replot,

@@ -12,6 +12,8 @@
 //! - `memory.md`, `memory.svg`: server memory per connection, threads against events;
 //! - `syscalls.md`, `syscalls.svg`: system calls per round trip, counted by strace (`bench
 //!   syscalls`; skipped, with a message, where strace is not installed);
+//! - `stall.md`, `stall.svg`, `loops.md`: a slow handler's stall, and one loop against two
+//!   (see `latency.rs`);
 //! - `results.json`: every number above, for anyone who wants to plot them differently.
 //!
 //! `report --replot` redraws the tables and plots from `results.json` alone, measuring nothing:
@@ -317,6 +319,7 @@ pub fn main(
         }
         Err(e) => eprintln!("syscalls: skipped, {e:#}; syscalls.md keeps its old numbers"),
     }
+    crate::latency::report(&out, settings.secs, bin_dir.as_deref())?;
     eprintln!(
         "wrote {} in {:.0} s",
         out.display(),

@@ -29,7 +29,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,11 @@ struct Args {
     /// Most clients served at once by `--mode thread` or `--mode fork`; past that, refused.
     #[arg(long, default_value_t = 1000)]
     max_clients: usize,
+
+    /// CPU time every line (`\n`) costs before its reply, in µs, as in the reactor chapter:
+    /// paid on the client's own thread, so no other client waits for it.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    work_us: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +91,8 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 static REFUSED: Counter = Counter::new();
 /// Clients that had to wait for a pool worker (`--mode pool`).
 static WAITED: Counter = Counter::new();
+/// `--work-us`: the CPU every line costs.
+static WORK_US: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
+    WORK_US.store(args.work_us, Ordering::Relaxed);
     // Ctrl-C: nothing here can be woken from `accept` or `read` without a race, so a thread
     // of its own waits for SIGINT/SIGTERM, prints the summary and ends the process.
     let children: Arc<Mutex<HashSet<Pid>>> = Arc::default();
@@ -305,6 +313,10 @@ fn handle_client(mut stream: TcpStream, peer: SocketAddr) {
             }
         };
         STATS.bytes_in.add(n as u64);
+        let lines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        support::spin(Duration::from_micros(
+            WORK_US.load(Ordering::Relaxed) * lines,
+        ));
         support::transform(&mut buf[..n]);
         STATS.calls.add(1);
         if let Err(e) = stream.write_all(&buf[..n]) {

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::EventFd;
@@ -28,21 +28,13 @@ const QUEUE_PER_WORKER: usize = 4;
 pub fn handle(batch: &mut [u8], cost: Duration) -> u64 {
     let mut lines = 0;
     for line in batch.split_inclusive_mut(|&b| b == b'\n') {
-        spin(cost);
+        support::spin(cost);
         support::transform(line);
         lines += 1;
     }
     lines
 }
 
-/// Simulated work that costs CPU, as parsing or computing would: spin on the clock. (A sleep
-/// would give the core away and hide the cost; a blocking call by mistake looks like a sleep.)
-fn spin(cost: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < cost {
-        std::hint::spin_loop();
-    }
-}
 // ANCHOR_END: handler
 
 /// A batch the handler has finished: whose it is, and its reply.

@@ -291,6 +291,18 @@ pub fn reset_signals_in_child() {
     let _ = stop_signals().thread_unblock();
 }
 
+// ANCHOR: spin
+/// Simulated work for the servers' `--work-us`: `cost` of CPU, spent spinning on the clock as
+/// a computation would spend it. (A sleep would give the core away and hide the cost; a
+/// blocking call made by mistake looks like a sleep.)
+pub fn spin(cost: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < cost {
+        std::hint::spin_loop();
+    }
+}
+// ANCHOR_END: spin
+
 // ---------------------------------------------------------------------------------------------
 // Small helpers that name the answers that mean "not yet" rather than "failed".
 
