@@ -227,3 +227,35 @@ fn pool_without_a_queue_serves_while_a_worker_is_free() {
     assert_eq!(conformance::read_to_eof(&mut second), b"");
     assert_eq!(round_trip(&mut first, b"still"), b"STILL");
 }
+
+/// `--work-us`, for the reactor chapter's comparison: every line costs its thread CPU time, and
+/// only its own client waits for it. 200 lines of 1 ms cannot come back in less than 200 ms; a
+/// light client's line sent meanwhile comes back before the last of them.
+#[test]
+fn thread_mode_pays_the_work_on_the_clients_own_thread() {
+    let server = Server::start(BIN, &["--mode", "thread", "--work-us", "1000"]);
+    let mut light = server.connect();
+    assert_eq!(round_trip(&mut light, b"warm up\n"), b"WARM UP\n");
+    let mut heavy = server.connect();
+    let lines: Vec<u8> = (0..200)
+        .flat_map(|i| format!("line {i:03}\n").into_bytes())
+        .collect();
+    let started = Instant::now();
+    heavy.write_all(&lines).unwrap();
+    let reader = thread::spawn(move || {
+        let got = read_reply(&mut heavy, lines.len());
+        assert_eq!(got, lines.to_ascii_uppercase());
+        Instant::now()
+    });
+    assert_eq!(round_trip(&mut light, b"light\n"), b"LIGHT\n");
+    let light_done = Instant::now();
+    let heavy_done = reader.join().unwrap();
+    assert!(
+        heavy_done - started >= Duration::from_millis(200),
+        "the work was not paid"
+    );
+    assert!(
+        light_done < heavy_done,
+        "the light client waited for the heavy one"
+    );
+}
