@@ -88,11 +88,10 @@ pub struct Scaling {
 }
 
 pub fn main(secs: f64, out: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let out = out.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs/src/measurements")
-            .to_path_buf()
-    });
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let out = out.unwrap_or_else(|| workspace.join("docs/src/measurements"));
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     if cfg!(debug_assertions) {
         eprintln!("bench: warning: this is a debug build; measure with --release");

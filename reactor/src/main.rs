@@ -9,11 +9,11 @@
 //! Run it beside two clients:
 //!
 //! ```text
-//! cargo run -p reactor -- --work-us 1000               # terminal 1: 1 ms of CPU per line
-//! seq 200 | cargo run -q -p client > /dev/null         # terminal 2: 200 lines at once
-//! cargo run -p client                                  # terminal 3: type a line, feel the wait
-//! cargo run -p reactor -- --work-us 1000 --workers 4   # the stall is gone
-//! cargo run -p reactor -- --loops 2 -v                 # two loops, one port
+//! cargo run -p reactor -- --work-us 1000                    # terminal 1: 1 ms of CPU a line
+//! (seq 1000; sleep 2) | cargo run -q -p client -- --follow   # terminal 2: 1000 lines at once
+//! cargo run -p client                                       # terminal 3: type a line meanwhile
+//! cargo run -p reactor -- --work-us 1000 --workers 4        # the stall is gone
+//! cargo run -p reactor -- --loops 2 -v                      # two loops, one port
 //! ```
 //!
 //! Watch: the summary on Ctrl-C says how many lines the loop handled itself and how many the
