@@ -282,6 +282,12 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
                 continue; // the listener or the eventfd: done in phase 2
             };
             trace!("{}: {:?}", client.peer, event.events());
+            // Reset or hung up while its lines wait for the pool: neither the write nor the read
+            // below would run and report it, and the hang-up would wake every wait until then.
+            if event.events().intersects(gone) && !client.wants_read() && !client.wants_write() {
+                let err = client.stream.take_error().ok().flatten();
+                client.fail(err.unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()));
+            }
             // Write first, then read: a flush that brings a back-pressured client's output
             // below MAX_PENDING lets it read again at once.
             if event.events().intersects(writable) {

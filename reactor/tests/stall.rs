@@ -219,3 +219,55 @@ fn a_huge_line_is_handled_without_its_newline() {
     assert_eq!(got.len(), 256 * 1024);
     assert!(got.iter().all(|&b| b == b'Q'));
 }
+
+/// Clients that reset while their lines are at the pool or wait for room there: the loop reads
+/// and writes none of them meanwhile, so only the hang-up says they left. It must close them at
+/// once, not be woken by the same hang-up on every wait until the pool gets to them.
+#[test]
+fn clients_that_leave_while_their_lines_wait_are_closed_at_once() {
+    let server = Server::start(BIN, &["--work-us", "1000", "--workers", "1"]);
+    let mut first = server.connect();
+    assert_eq!(round_trip(&mut first, b"first\n"), b"FIRST\n");
+    first.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut first), b""); // the server has closed it: a baseline
+    let baseline = conformance::open_descriptors(server.pid());
+    let lines: Vec<u8> = (0..200)
+        .flat_map(|i| format!("line {i:03}\n").into_bytes())
+        .collect();
+    // Ten clients, 0.2 s of work each, one worker: two seconds of batches, most of them queued.
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        c.write_all(&lines).unwrap();
+    }
+    // The first batch takes 200 ms of the worker; the loop, idle meanwhile, has read every
+    // client's lines long before its reply comes back.
+    assert_eq!(read_exactly(&mut clients[0], lines.len()), upper(&lines));
+    for c in &clients[1..] {
+        conformance::reset_on_close(c);
+    }
+    clients.truncate(1);
+    // Wait until the server has closed the nine (a fixed server at once, a broken one only once
+    // the pool has worked through their batches), then count its wake-ups.
+    let deadline = Instant::now() + conformance::PATIENCE;
+    while conformance::open_descriptors(server.pid()) > baseline + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the clients that left were never closed"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = server.interrupt();
+    stopped.assert_clean();
+    let wakeups: u64 = stopped
+        .stderr
+        .split(" wake-ups")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wake-ups in the summary:\n{}", stopped.stderr));
+    assert!(
+        wakeups < 1_000,
+        "{wakeups} wake-ups: the loop kept waking for clients that had left\n{}",
+        stopped.stderr
+    );
+}
