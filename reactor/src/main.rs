@@ -77,11 +77,13 @@ struct Args {
 
     /// Run the handlers on a pool of N threads instead of in the loop (0: in the loop).
     #[arg(long, default_value_t = 0, value_name = "N")]
-    workers: usize,
+    #[arg(value_parser = clap::value_parser!(u16).range(0..=1024))]
+    workers: u16,
 
     /// Run N event loops, each on its own thread with its own epoll and its own listening socket
     /// on the same port (SO_REUSEPORT); the kernel spreads connections across them.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u16).range(1..=256))]
     loops: u16,
 }
 
@@ -166,7 +168,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // signals get in only where a loop waits in epoll_pwait with the mask that lets them.
     let wait_mask = support::catch_signals()?;
     let listeners = loops::listen_all(args.common.addr, args.loops.into())?;
-    let workers = (args.workers > 0).then(|| threadpool::ThreadPool::new(args.workers));
+    let workers = (args.workers > 0).then(|| threadpool::ThreadPool::new(args.workers.into()));
     let cost = Duration::from_micros(args.work_us);
     let connections = loops::spawn(listeners, move |me| {
         let pool = Pool::new(workers.as_ref(), cost, me.waker.clone());
