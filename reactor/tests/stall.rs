@@ -59,19 +59,13 @@ fn a_slow_handler_stalls_everyone_in_the_loop() {
         waited >= Duration::from_millis(100),
         "the light client waited only {waited:?} behind 200 lines of 1 ms each"
     );
-    let stopped = server.interrupt();
-    stopped.assert_clean();
-    let longest = longest_pass_us(&stopped.stderr);
+    let said = stop(server);
+    let longest = summary_number(&said, " µs longest pass");
     assert!(
         longest >= 100_000,
-        "the summary's longest pass is {longest} µs:\n{}",
-        stopped.stderr
+        "the longest pass is {longest} µs:\n{said}"
     );
-    assert!(
-        stopped.stderr.contains(" 0 by workers"),
-        "{}",
-        stopped.stderr
-    );
+    assert!(said.contains(" 0 by workers"), "{said}");
 }
 
 #[test]
@@ -82,24 +76,28 @@ fn workers_answer_the_light_client_while_the_heavy_one_is_worked_on() {
         light_done < heavy_done,
         "the light client was answered only after the heavy client's last reply"
     );
-    let stopped = server.interrupt();
-    stopped.assert_clean();
+    let said = stop(server);
     assert!(
-        stopped
-            .stderr
-            .contains(" 0 lines handled in the loop, 203 by workers"),
-        "{}",
-        stopped.stderr
+        said.contains(" 0 lines handled in the loop, 203 by workers"),
+        "{said}"
     );
 }
 
-/// The `µs longest pass of a loop` figure of the summary.
-fn longest_pass_us(stderr: &str) -> u64 {
-    let at = stderr
-        .find(" µs longest pass")
-        .unwrap_or_else(|| panic!("no longest pass in the summary:\n{stderr}"));
-    let number = stderr[..at].rsplit(' ').next().unwrap();
-    number.parse().unwrap()
+/// Stops the server with Ctrl-C, checks that it stopped cleanly, and returns what it said.
+fn stop(server: Server) -> String {
+    let stopped = server.interrupt();
+    stopped.assert_clean();
+    stopped.stderr
+}
+
+/// The number the summary prints just before `label` (` wake-ups`, ` µs longest pass`).
+fn summary_number(said: &str, label: &str) -> u64 {
+    said.split(label)
+        .next()
+        .filter(|before| before.len() < said.len())
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {label:?} in the summary:\n{said}"))
 }
 
 /// Fifty clients each send 100 numbered lines in ten writes without waiting, to a pool of four
@@ -148,13 +146,8 @@ fn replies_stay_in_order_with_many_clients_and_workers() {
         for reader in readers {
             reader.join().unwrap();
         }
-        let stopped = server.interrupt();
-        stopped.assert_clean();
-        assert!(
-            stopped.stderr.contains(" 5000 by workers"),
-            "{}",
-            stopped.stderr
-        );
+        let said = stop(server);
+        assert!(said.contains(" 5000 by workers"), "{said}");
     }
 }
 
@@ -179,16 +172,14 @@ fn two_loops_share_the_port() {
         let msg = format!("client {i}\n");
         assert_eq!(round_trip(c, msg.as_bytes()), upper(msg.as_bytes()));
     }
-    let stopped = server.interrupt();
-    stopped.assert_clean();
-    let line = stopped
-        .stderr
+    let said = stop(server);
+    let line = said
         .lines()
         .find_map(|l| {
             l.split_once("connections per loop: ")
                 .map(|(_, s)| s.to_owned())
         })
-        .unwrap_or_else(|| panic!("no connections per loop:\n{}", stopped.stderr));
+        .unwrap_or_else(|| panic!("no connections per loop:\n{said}"));
     let counts: Vec<u64> = line
         .trim_matches(['[', ']'])
         .split(", ")
@@ -256,18 +247,10 @@ fn clients_that_leave_while_their_lines_wait_are_closed_at_once() {
         );
         thread::sleep(Duration::from_millis(10));
     }
-    let stopped = server.interrupt();
-    stopped.assert_clean();
-    let wakeups: u64 = stopped
-        .stderr
-        .split(" wake-ups")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no wake-ups in the summary:\n{}", stopped.stderr));
+    let said = stop(server);
+    let wakeups = summary_number(&said, " wake-ups");
     assert!(
         wakeups < 1_000,
-        "{wakeups} wake-ups: the loop kept waking for clients that had left\n{}",
-        stopped.stderr
+        "{wakeups} wake-ups: the loop kept waking for clients that had left\n{said}"
     );
 }
