@@ -18,12 +18,16 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+use conformance::Server;
+use conformance::harness::process_cpu_seconds;
+use nix::sys::signal::Signal;
 
-use crate::load::{ServerProcess, cpu_seconds, percentile, server_binary};
+use crate::load::{percentile, server_binary};
 use crate::plot::{self, Axis, Series};
 use crate::table::{markdown, sig3, thousands};
 
@@ -36,6 +40,8 @@ const LIGHT_EVERY: Duration = Duration::from_millis(20);
 const HEAVY_BATCH: usize = 100;
 /// Connections of the throughput measurement.
 const CONNS: usize = 8;
+/// How long a server may take to start, or to stop after Ctrl-C.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// One server configuration of the stall measurement.
 struct Plan {
@@ -164,17 +170,21 @@ fn round_trip(stream: &mut TcpStream, request: &[u8], reply: &mut Vec<u8>) -> an
     Ok(())
 }
 
-fn start(
-    server: &str,
-    args: &str,
-    cost: u64,
-    bin_dir: Option<&Path>,
-) -> anyhow::Result<ServerProcess> {
-    let bin = server_binary(server, bin_dir)?;
-    let cost = cost.to_string();
-    let mut all: Vec<&str> = args.split_whitespace().collect();
-    all.extend(["--work-us", &cost]);
-    ServerProcess::start(&bin, &all)
+fn start(server: &str, args: &str, cost: u64, bin_dir: Option<&Path>) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(server_binary(server, bin_dir)?);
+    cmd.args(args.split_whitespace())
+        .args(["--work-us", &cost.to_string()])
+        .arg("127.0.0.1:0");
+    Server::launch(cmd, None, PATIENCE).map_err(|e| anyhow!("{e}"))
+}
+
+/// Ctrl-C, and a clean exit within PATIENCE.
+fn stop(server: Server) -> anyhow::Result<()> {
+    let stopped = server.stop(Signal::SIGINT, PATIENCE);
+    if stopped.killed || !stopped.status.success() {
+        bail!("the server did not stop cleanly: {}", stopped.stderr.trim());
+    }
+    Ok(())
 }
 
 fn stall(plan: &Plan, cost: u64, secs: f64, bin_dir: Option<&Path>) -> anyhow::Result<Stall> {
@@ -222,7 +232,7 @@ fn stall(plan: &Plan, cost: u64, secs: f64, bin_dir: Option<&Path>) -> anyhow::R
     let (lines, heavy_secs) = heavy
         .join()
         .map_err(|_| anyhow::anyhow!("the heavy client panicked"))??;
-    server.stop()?;
+    stop(server)?;
     latencies.sort_unstable();
     let us = |p| percentile(&latencies, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
     Ok(Stall {
@@ -246,7 +256,7 @@ fn scale(loops: usize, cost: u64, secs: f64, bin_dir: Option<&Path>) -> anyhow::
     for s in &mut streams {
         round_trip(s, b"warm up\n", &mut reply)?; // every connection accepted before the clock
     }
-    let server_before = cpu_seconds(server.pid())?;
+    let server_before = process_cpu_seconds(server.pid())?;
     let generator_before = crate::own_cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
@@ -272,9 +282,9 @@ fn scale(loops: usize, cost: u64, secs: f64, bin_dir: Option<&Path>) -> anyhow::
             .map_err(|_| anyhow::anyhow!("a client panicked"))??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_seconds(server.pid())? - server_before;
+    let server_cpu = process_cpu_seconds(server.pid())? - server_before;
     let generator_cpu = crate::own_cpu_seconds() - generator_before;
-    server.stop()?;
+    stop(server)?;
     Ok(Scaling {
         loops,
         cost_us: cost,
