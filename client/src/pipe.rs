@@ -48,9 +48,10 @@ pub fn pipe(stream: TcpStream, follow: bool) -> anyhow::Result<()> {
                 match &input_ended {
                     None => {} // still sending
                     Some((Err(_), _)) => break false,
-                    // Nothing back yet: the server may not have read us at all (the blocking
-                    // chapter's queued client). Wait as long as it takes, as a terminal does.
-                    Some(_) if received == 0 => {}
+                    // Nothing back yet for what we sent: the server may not have read us at all
+                    // (the blocking chapter's queued client). Wait as long as it takes, as a
+                    // terminal does. (Sent nothing, owed nothing: on to the quiet timeout.)
+                    Some((Ok(sent), _)) if received == 0 && *sent > 0 => {}
                     // Then stop once it has been quiet since our end for DRAIN_QUIET, or for
                     // SLOW_QUIET while it owes bytes (an echo answers byte for byte, perhaps
                     // after a pause: the nonblocking chapter's --sleep-ms).

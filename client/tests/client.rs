@@ -338,6 +338,21 @@ fn a_server_that_never_closes_is_left_after_a_quiet_second() {
 }
 
 #[test]
+fn empty_input_to_a_silent_server_ends_after_a_quiet_second() {
+    // `client PORT < /dev/null` against a server that neither speaks nor closes: nothing was
+    // sent, so nothing is owed, and the client leaves after the quiet second, as it does on a
+    // terminal after an immediate Ctrl-D (it used to wait for ever).
+    let addr = serve(|stream| {
+        thread::sleep(DEADLINE);
+        drop(stream);
+    });
+    let (status, out, err) = Client::piped(&[&addr.to_string()], "").finish();
+    assert_eq!(out, "");
+    assert_eq!(err, "");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
 fn a_chat_in_a_pipe_is_heard() {
     // The chat room answers no line with its echo: what a pipe says must still reach the room.
     let chat = Server::start(&bin("selectors-chat"), &[]);
