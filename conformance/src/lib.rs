@@ -510,6 +510,65 @@ pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     );
 }
 
+/// The share of one core the server uses over `window` (the measurement window itself, not a
+/// synchronisation).
+fn cpu_share(server: &Server, window: Duration) -> f64 {
+    let before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    thread::sleep(window);
+    (cpu_seconds(server.pid()) - before) / started.elapsed().as_secs_f64()
+}
+
+/// Interest follows the buffers. One client sends without reading until the server stops
+/// reading it (its reply backs up, so the server asks to be told when it can write), then reads
+/// the whole reply and sits idle. The server must sleep both while the reply is stuck (one that
+/// still asked about input it will not read would be told of it every pass) and after it has
+/// gone (one that still asked for writability would be told at once, every pass, that the
+/// socket can take bytes): busy loops that no check of clients idle from the start can see.
+pub fn quiet_after_back_pressure(bin: &str, args: &[&str]) {
+    let _turn = heavy_lock(); // a CPU measurement: not beside the big tests
+    let server = Server::start(bin, args);
+    let mut client = server.connect();
+    client
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![b'w'; 64 * 1024];
+    let (mut sent, started) = (0, Instant::now());
+    loop {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the server never stopped reading"
+        );
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            // The write timed out: the server has stopped reading us, its reply backed up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("write after {sent} bytes: {e}"),
+        }
+    }
+    let share = cpu_share(&server, Duration::from_secs(1));
+    assert!(
+        share < checks::IDLE_CPU_LIMIT,
+        "{share:.2} of a core while one client's reply is backed up: still asking to read?"
+    );
+    let reply = read_exactly(&mut client, sent);
+    assert!(reply.iter().all(|&b| b == b'W'), "the reply differs");
+    let share = cpu_share(&server, Duration::from_secs(1));
+    assert!(
+        share < checks::IDLE_CPU_LIMIT,
+        "{share:.2} of a core with one idle client whose reply had backed up: still asking to write?"
+    );
+    assert_eq!(round_trip(&mut client, b"still here"), b"STILL HERE");
+    server.interrupt().assert_clean();
+}
+
 /// Descriptors the process holds open, from /proc/PID/fd.
 pub fn open_descriptors(pid: Pid) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -635,7 +694,7 @@ pub fn lecture_client(bin: &str, args: &[&str]) {
 /// iterative server, which serves one client at a time by design). With
 /// `clients = N, event_driven(idle = M)` it also runs the checks every one-thread event loop
 /// must pass: back-pressure, quiet with M idle clients, out of descriptors, a client leaving
-/// while back-pressured, and Ctrl-C under load.
+/// while back-pressured, quiet once a backed-up reply is read, and Ctrl-C under load.
 #[macro_export]
 macro_rules! suite {
     ($name:ident, $bin:expr, [$($arg:expr),* $(,)?], clients = $n:expr,
@@ -651,6 +710,8 @@ macro_rules! suite {
             fn out_of_descriptors() { $crate::out_of_descriptors(BIN, ARGS) }
             #[test]
             fn leaving_while_back_pressured() { $crate::leaving_while_back_pressured(BIN, ARGS) }
+            #[test]
+            fn quiet_after_back_pressure() { $crate::quiet_after_back_pressure(BIN, ARGS) }
             #[test]
             fn stop_under_load() { $crate::stop_under_load(BIN, ARGS) }
         });
