@@ -14,8 +14,8 @@
 //! cargo run -p client          # terminal 2, 3, 4 ...
 //! ```
 //!
-//! Watch: `-v` prints every signal (`signal: fd 5 PollFlags(POLLIN)`); one wake-up answers for one socket and
-//! one event, where epoll_wait hands back a batch. The signal queue is bounded (`ulimit -i`,
+//! Watch: `-v` prints every signal (`signal: fd 5 PollFlags(POLLIN | POLLRDNORM)`); one wake-up
+//! answers for one socket and one event, where epoll_wait hands back a batch. The signal queue is bounded (`ulimit -i`,
 //! RLIMIT_SIGPENDING); when it overflows the kernel sends a plain SIGIO that names nothing, and
 //! the server must try every socket (`SIGIO: ... rescanning`). Linux only: F_SETSIG is Linux's.
 //!
