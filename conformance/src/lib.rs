@@ -519,6 +519,32 @@ fn cpu_share(server: &Server, window: Duration) -> f64 {
     (cpu_seconds(server.pid()) - before) / started.elapsed().as_secs_f64()
 }
 
+/// Sends 64 KiB writes of `byte` without reading, until one cannot finish within `stall`: the
+/// server has stopped reading this client, its reply backed up. Returns the bytes sent.
+fn send_until_stalled(c: &mut TcpStream, byte: u8, stall: Duration) -> usize {
+    c.set_write_timeout(Some(stall)).unwrap();
+    let chunk = vec![byte; 64 * 1024];
+    let (mut sent, started) = (0, Instant::now());
+    loop {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the server never stopped reading"
+        );
+        match c.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return sent;
+            }
+            Err(e) => panic!("write after {sent} bytes: {e}"),
+        }
+    }
+}
+
 /// Interest follows the buffers. One client sends without reading until the server stops
 /// reading it (its reply backs up, so the server asks to be told when it can write), then reads
 /// the whole reply and sits idle. The server must sleep both while the reply is stuck (one that
@@ -529,30 +555,7 @@ pub fn quiet_after_back_pressure(bin: &str, args: &[&str]) {
     let _turn = heavy_lock(); // a CPU measurement: not beside the big tests
     let server = Server::start(bin, args);
     let mut client = server.connect();
-    client
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let chunk = vec![b'w'; 64 * 1024];
-    let (mut sent, started) = (0, Instant::now());
-    loop {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the server never stopped reading"
-        );
-        match client.write(&chunk) {
-            Ok(n) => sent += n,
-            // The write timed out: the server has stopped reading us, its reply backed up.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break;
-            }
-            Err(e) => panic!("write after {sent} bytes: {e}"),
-        }
-    }
+    let sent = send_until_stalled(&mut client, b'w', Duration::from_millis(500));
     let share = cpu_share(&server, Duration::from_secs(1));
     assert!(
         share < checks::IDLE_CPU_LIMIT,
@@ -595,26 +598,7 @@ pub fn leaving_while_back_pressured(bin: &str, args: &[&str]) {
 
     for i in 0..4 {
         let mut c = server.connect();
-        // A write that cannot finish in 200 ms: the server has stopped reading this client.
-        c.set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            assert!(Instant::now() < deadline, "client {i} never stalled");
-            match c.write(&chunk) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => panic!("client {i}: write: {e}"),
-            }
-        }
+        send_until_stalled(&mut c, b'x', Duration::from_millis(200));
         if i % 2 == 0 {
             reset_on_close(&c);
         } else {
