@@ -161,8 +161,12 @@ fn syscalls_of_select_agree_with_strace() {
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(0.0)
     };
-    assert!(call("recvfrom") + call("read") >= 1200.0, "{text}");
-    assert!(call("sendto") + call("write") >= 1200.0, "{text}");
+    // One read and one write per round trip. The count is the session's less the same session
+    // without round trips, so the end-of-file and would-block reads of the 24 connections may
+    // differ by about one per connection either way.
+    let about_one_each = |n: f64| (n - 1200.0).abs() <= 24.0;
+    assert!(about_one_each(call("recvfrom") + call("read")), "{text}");
+    assert!(about_one_each(call("sendto") + call("write")), "{text}");
     let (own, traced) = (num("server_count"), num("strace_count"));
     assert!(
         (own - traced).abs() <= 0.05 * own.max(traced) + 20.0,
@@ -230,9 +234,11 @@ fn load_spawns_any_server() {
     assert!(num("server_cpu_s") >= 0.0, "{text}");
     assert_eq!(num("server_threads"), 1.0, "{text}");
     assert_eq!(json["server"].as_str(), Some(cmd.as_str()));
-    assert_eq!(
-        json["server_summary"].as_str(),
-        Some("12 connections"),
+    // 2 active + 10 idle, and the probe that found the port open when it came before the
+    // server's `listening on` line was read.
+    let summary = json["server_summary"].as_str();
+    assert!(
+        matches!(summary, Some("12 connections" | "13 connections")),
         "{text}"
     );
 }
