@@ -8,7 +8,10 @@ process; the process's lifeline is green while it runs and red while it is block
 is a system call, a dashed arrow is its return (or a notification).
 
 Run it after changing a picture: `python3 docs/diagrams.py`. The SVGs are committed; the book
-does not need Python to build.
+does not need Python to build. It writes two sets: English in src/img/, and Chinese in
+src/img/zh-CN/ (the Chinese edition's image references point there, through docs/po/zh-CN.po),
+with every label looked up in ZH below. A label missing from ZH stops the script, so a new
+English label cannot slip into the Chinese pictures untranslated; code (monospace) stays as is.
 """
 
 from pathlib import Path
@@ -23,7 +26,11 @@ RUN = "#5b9a5a"
 BLOCK = "#c8553d"
 WAIT = "#dbe9f6"
 COPY = "#fde2c4"
-FONT = "font-family='DejaVu Sans, Verdana, Arial, sans-serif'"
+FONTS = {
+    "en": "font-family='DejaVu Sans, Verdana, Arial, sans-serif'",
+    "zh-CN": "font-family='Noto Sans CJK SC, Source Han Sans SC, PingFang SC, Microsoft YaHei, "
+    "WenQuanYi Micro Hei, DejaVu Sans, sans-serif'",
+}
 MONO = "font-family='DejaVu Sans Mono, Menlo, Consolas, monospace'"
 
 W = 680
@@ -31,25 +38,113 @@ APP_X = 200  # the process's lifeline
 KER_X = 470  # the kernel's lifeline
 BAND_L, BAND_R = 420, 660  # the kernel's phase bands
 
+# The Chinese labels, in the lecture's terms (阻塞, 就绪, 水平触发/边缘触发, ...).
+ZH = {
+    "your process": "你的进程",
+    "kernel": "内核",
+    "time": "时间",
+    "(1) waiting for data": "(1) 等待数据",
+    "(2) copying data to the process": "(2) 把数据拷贝给进程",
+    "runs": "运行",
+    "blocked": "阻塞",
+    "process runs": "进程运行",
+    "process blocked": "进程阻塞",
+    "(1) wait for data": "(1) 等待数据",
+    "(2) copy to the process": "(2) 拷贝给进程",
+    "Blocking I/O: one call, blocked through both phases": "阻塞IO：一次调用，两个阶段都阻塞",
+    "The process sleeps from the call until the bytes are in its buffer.":
+        "进程从发起调用起一直睡眠，直到字节进入它的缓冲区。",
+    "no data yet: the thread sleeps": "还没有数据：线程睡眠",
+    "data arrives": "数据到达",
+    "n bytes": "n 字节",
+    "Non-blocking I/O: ask, ask again, ... then copy": "非阻塞IO：问，再问……然后拷贝",
+    "Phase 1 costs CPU instead of sleep; phase 2 still happens inside the call.":
+        "阶段 1 不睡眠而是耗费 CPU；阶段 2 仍然发生在调用内部。",
+    "runs, and spins": "运行，空转",
+    "blocked (copy)": "阻塞（拷贝）",
+    "I/O multiplexing: wait on many, then read the ready one": "IO多路复用：在多个描述符上等待，然后读就绪的那个",
+    "Blocked twice, but in phase 1 the wait covers every descriptor at once.":
+        "阻塞两次，但阶段 1 的一次等待同时覆盖所有描述符。",
+    "blocked in the wait": "阻塞在等待中",
+    "(1) waiting for any of many": "(1) 等待多个中的任意一个",
+    "data arrives on fd 7": "数据到达 fd 7",
+    "fd 7 is readable": "fd 7 可读",
+    "Signal-driven I/O: the kernel signals readiness": "信号驱动IO：内核用信号通知就绪",
+    "No call waits in phase 1; the signal says 'ready', and read still copies.":
+        "阶段 1 没有调用在等待；信号说\"就绪\"，拷贝仍由 read 完成。",
+    "0 (armed)": "0（已设置）",
+    "free to run": "自由运行",
+    "signal: SIGRTMIN+n, si_fd = 7": "信号：SIGRTMIN+n，si_fd = 7",
+    "Asynchronous I/O: submit, and collect a completion": "异步IO：提交请求，收取完成通知",
+    "Both phases happen without the process: it is told when the bytes are there.":
+        "两个阶段都不需要进程参与：字节到位时它会得到通知。",
+    "queued": "已入队",
+    "(2) kernel copies into buf": "(2) 内核拷贝到 buf",
+    "completion: n bytes in buf": "完成：buf 中有 n 字节",
+    "(io_uring: a CQE; POSIX AIO: aio_error / a signal)": "（io_uring：一个 CQE；POSIX AIO：aio_error / 信号）",
+    "The five I/O models compared": "五种IO模型的比较",
+    "The five I/O models: where the process is blocked": "五种IO模型：进程在哪里阻塞",
+    "(1) wait": "(1) 等待",
+    "for data": "数据",
+    "(2) copy": "(2) 拷贝",
+    "to process": "给进程",
+    "blocking": "阻塞IO",
+    "non-blocking": "非阻塞IO",
+    "multiplexing": "IO多路复用",
+    "signal-driven": "信号驱动IO",
+    "asynchronous": "异步IO",
+    "spins: read, EAGAIN...": "空转：read、EAGAIN……",
+    "blocked in select": "阻塞在 select",
+    "runs; a signal comes": "运行；信号到来",
+    "synchronous: the copy blocks the caller (POSIX)": "同步：拷贝阻塞调用者（POSIX）",
+    "Level-triggered vs edge-triggered epoll": "epoll 的水平触发与边缘触发",
+    "Level vs edge: the same bytes, two ways of reporting them": "水平触发与边缘触发：同样的字节，两种报告方式",
+    "bytes in the": "接收缓冲区",
+    "receive buffer": "中的字节",
+    "2 KiB arrive": "到达 2 KiB",
+    "read 1 KiB": "读 1 KiB",
+    "1 KiB more": "又到 1 KiB",
+    "read to EAGAIN": "读到 EAGAIN",
+    "level-triggered": "水平触发",
+    "edge-triggered": "边缘触发",
+    "reported on every epoll_wait while bytes remain": "只要还有字节，每次 epoll_wait 都报告",
+    "1 KiB left, unreported": "剩 1 KiB，不报告",
+    "reported once per arrival: read until EAGAIN, or the rest waits": "每次到达只报告一次：要读到 EAGAIN，否则剩下的只能等着",
+    "epoll_wait reports the socket": "epoll_wait 报告该套接字",
+    "epoll_wait does not report it": "epoll_wait 不报告它",
+}
+LANG = "en"  # set by main() for each set of pictures
+
+
+def tr(s):
+    """`s` in the language being drawn."""
+    if LANG == "en" or not s:
+        return s
+    if s not in ZH:
+        raise SystemExit(f"diagrams.py: no Chinese for the label {s!r}: add it to ZH")
+    return ZH[s]
+
 
 class Svg:
     def __init__(self, width, height, title):
         self.w, self.h = width, height
         self.parts = []
         self.back_parts = []  # drawn first: phase bands sit behind arrows and labels
-        self.title = title
+        self.title = tr(title)
 
     def add(self, s):
         self.parts.append(s)
 
     def text(self, x, y, s, size=13, anchor="middle", color=INK, mono=False, weight="normal",
-             italic=False, halo=False):
-        style = " font-style='italic'" if italic else ""
+             italic=False, halo=False, translated=False):
+        if not (mono or translated):
+            s = tr(s)
+        style = " font-style='italic'" if italic and LANG == "en" else ""
         if halo:
             style += f" paint-order='stroke' stroke='{PAPER}' stroke-width='5'"
         self.add(
             f"<text x='{x}' y='{y}' font-size='{size}' text-anchor='{anchor}' fill='{color}' "
-            f"font-weight='{weight}'{style} {MONO if mono else FONT}>{escape(s)}</text>"
+            f"font-weight='{weight}'{style} {MONO if mono else FONTS[LANG]}>{escape(s)}</text>"
         )
 
     def rect(self, x, y, w, h, fill, stroke="none", rx=0, opacity=1.0, back=False):
@@ -93,7 +188,7 @@ class Timeline(Svg):
         self.add(
             f"<text x='30' y='{(70 + height - 48) / 2}' font-size='12' fill='{SOFT}' "
             f"text-anchor='middle' transform='rotate(-90 30 {(70 + height - 48) / 2})' "
-            f"{FONT}>time</text>"
+            f"{FONTS[LANG]}>{tr('time')}</text>"
         )
         self.text(W / 2, height - 14, caption, size=12, color=SOFT, italic=True)
         legend(self, height - 38)
@@ -267,19 +362,11 @@ def models():
             blocked = state.startswith("blocked")
             color = BLOCK if blocked else RUN
             s.rect(cx - 8, y1, 16, y2 - y1, color, rx=3)
-            words = state.split(" ")
-            lines, cur = [], ""
-            for w in words:
-                if len(cur) + len(w) > 12 and cur:
-                    lines.append(cur)
-                    cur = w
-                else:
-                    cur = (cur + " " + w).strip()
-            lines.append(cur)
+            lines = wrap(tr(state))
             # the label beside the bar
             for k, ln in enumerate(lines):
                 s.text(cx + 12, (y1 + y2) / 2 + 4 + 13 * (k - (len(lines) - 1) / 2), ln,
-                       size=10.5, anchor="start", color=color)
+                       size=10.5, anchor="start", color=color, translated=True)
     y = top + ph1 + ph2 + 30
     s.line(135, y, 135 + 4 * cw - 6, y, arrow=False, color=INK)
     s.line(135 + 4 * cw + 6, y, 135 + 5 * cw - 4, y, arrow=False, color=INK)
@@ -287,6 +374,21 @@ def models():
     s.text(135 + 4.5 * cw, y + 18, "asynchronous", size=12)
     legend(s, 420)
     return s
+
+
+def wrap(label):
+    """`label` in lines of about 12 columns (a Chinese character is two)."""
+    if LANG != "en":
+        return [label[i : i + 6] for i in range(0, len(label), 6)]
+    lines, cur = [], ""
+    for w in label.split(" "):
+        if len(cur) + len(w) > 12 and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = (cur + " " + w).strip()
+    lines.append(cur)
+    return lines
 
 
 def level_edge():
@@ -331,12 +433,14 @@ def level_edge():
 
 
 def main():
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in [("blocking", blocking), ("nonblocking", nonblocking),
-                       ("multiplexing", multiplexing), ("sigio", sigio), ("aio", aio),
-                       ("models", models), ("level-edge", level_edge)]:
-        (OUT / f"{name}.svg").write_text(make().render())
-        print(f"wrote {OUT / name}.svg")
+    global LANG
+    for LANG, out in [("en", OUT), ("zh-CN", OUT / "zh-CN")]:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, make in [("blocking", blocking), ("nonblocking", nonblocking),
+                           ("multiplexing", multiplexing), ("sigio", sigio), ("aio", aio),
+                           ("models", models), ("level-edge", level_edge)]:
+            (out / f"{name}.svg").write_text(make().render())
+            print(f"wrote {out / name}.svg")
 
 
 if __name__ == "__main__":

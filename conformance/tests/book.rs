@@ -17,6 +17,11 @@
 //! - a `<p class="figure-caption">` sentence after every plot of measurements/;
 //! - for exercise N under `## Exercises` in STEM.md, a heading `### STEM N: title` in answers.md.
 //!
+//! The Chinese edition is the same pages through `docs/po/zh-CN.po` (gettext, applied before the
+//! includes are expanded): every translated message must keep its English original's includes,
+//! inline code and link targets, so that the code it shows and the commands it gives are the
+//! ones checked above, and its links and pictures must exist in the Chinese edition too.
+//!
 //! Run with `cargo test -p conformance --test book`.
 
 use std::fs;
@@ -570,6 +575,239 @@ fn every_quoted_diff_count_is_the_diff() {
         }
     }
     assert!(checked >= 5, "only {checked} quoted diff counts found");
+
+/// The targets of the markdown links and pictures in `text`, `](target)`, in order.
+fn link_targets(text: &str) -> Vec<&str> {
+    let mut targets = Vec::new();
+    for (at, _) in text.match_indices("](") {
+        let rest = &text[at + 2..];
+        if let Some(end) = rest.find(')') {
+            targets.push(&rest[..end]);
+        }
+    }
+    targets
+}
+
+/// The inline code spans of `text` (`` `like this` ``), in order; fenced blocks count whole.
+fn code_spans(text: &str) -> Vec<&str> {
+    let mut spans = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('`') {
+        let ticks = rest[start..].len() - rest[start..].trim_start_matches('`').len();
+        let fence = &rest[start..start + ticks];
+        let body = &rest[start + ticks..];
+        let Some(end) = body.find(fence) else { break };
+        spans.push(&rest[start..start + 2 * ticks + end]);
+        rest = &body[end + ticks..];
+    }
+    spans
+}
+
+/// One message of a .po file: where it comes from (`#:`), its flags (`#,`), msgid and msgstr.
+#[derive(Debug, Default)]
+struct Message {
+    pages: Vec<String>,
+    fuzzy: bool,
+    msgid: String,
+    msgstr: String,
+}
+
+/// The messages of a .po file, header and obsolete (`#~`) entries left out.
+fn po_messages(text: &str) -> Vec<Message> {
+    fn unquote(line: &str) -> String {
+        let inner = line.trim().trim_start_matches('"').trim_end_matches('"');
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        }
+        out
+    }
+    let mut messages = Vec::new();
+    let mut current = Message::default();
+    let mut field: Option<bool> = None; // Some(false): in msgid, Some(true): in msgstr
+    for line in text.lines().chain(std::iter::once("")) {
+        if let Some(pages) = line.strip_prefix("#:") {
+            current
+                .pages
+                .extend(pages.split_whitespace().map(str::to_owned));
+        } else if let Some(flags) = line.strip_prefix("#,") {
+            current.fuzzy |= flags.split(',').any(|flag| flag.trim() == "fuzzy");
+        } else if let Some(rest) = line.strip_prefix("msgid ") {
+            current.msgid = unquote(rest);
+            field = Some(false);
+        } else if let Some(rest) = line.strip_prefix("msgstr ") {
+            current.msgstr = unquote(rest);
+            field = Some(true);
+        } else if line.starts_with('"') {
+            match field {
+                Some(false) => current.msgid.push_str(&unquote(line)),
+                Some(true) => current.msgstr.push_str(&unquote(line)),
+                None => {}
+            }
+        } else if line.trim().is_empty() {
+            let done = std::mem::take(&mut current);
+            if field.is_some() && !done.msgid.is_empty() {
+                messages.push(done);
+            }
+            field = None;
+        }
+    }
+    messages
+}
+
+fn zh_cn_messages() -> Vec<Message> {
+    let path = workspace().join("docs/po/zh-CN.po");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let messages = po_messages(&text);
+    assert!(
+        messages.len() > 100,
+        "only {} messages in docs/po/zh-CN.po",
+        messages.len()
+    );
+    messages
+}
+
+/// A Chinese picture may replace an English one by its translated copy: `img/x.svg` may
+/// become `img/zh-CN/x.svg`. Any other target must stay as it is, up to the `#fragment`, which
+/// names a translated heading.
+fn same_target(english: &str, chinese: &str) -> bool {
+    let page = |target: &str| target.split('#').next().unwrap_or("").to_owned();
+    let (english, chinese) = (page(english), page(chinese));
+    if english == chinese {
+        return true;
+    }
+    match english.rsplit_once('/') {
+        Some((dir, file)) => chinese == format!("{dir}/zh-CN/{file}"),
+        None => chinese == format!("zh-CN/{english}"),
+    }
+}
+
+#[test]
+fn zh_cn_translation_keeps_code_includes_and_links() {
+    let mut problems = Vec::new();
+    let mut translated = 0;
+    for message in zh_cn_messages() {
+        let (english, chinese) = (&message.msgid, &message.msgstr);
+        if chinese.is_empty() {
+            continue; // untranslated: the Chinese edition shows the English (docs/build says so)
+        }
+        translated += 1;
+        let page = message
+            .pages
+            .first()
+            .map_or("docs/po/zh-CN.po", String::as_str);
+        let specs = |text: &str| -> Vec<String> {
+            includes(Path::new(page), text)
+                .into_iter()
+                .map(|i| i.spec)
+                .collect()
+        };
+        if specs(english) != specs(chinese) {
+            problems.push(format!("{page}: the includes differ in {chinese:?}"));
+        }
+        // The same code, each piece at least once (a translation may name a call twice).
+        let (mut want, mut have) = (code_spans(english), code_spans(chinese));
+        for spans in [&mut want, &mut have] {
+            spans.sort_unstable();
+            spans.dedup();
+        }
+        if want != have {
+            problems.push(format!(
+                "{page}: the code differs: {english:?} has {want:?}, the translation {have:?}"
+            ));
+        }
+        let (want, have) = (link_targets(english), link_targets(chinese));
+        let unmatched: Vec<&&str> = have
+            .iter()
+            .filter(|c| !want.iter().any(|e| same_target(e, c)))
+            .collect();
+        if want.len() != have.len() || !unmatched.is_empty() {
+            problems.push(format!(
+                "{page}: the links differ: {english:?} has {want:?}, the translation {have:?}"
+            ));
+        }
+    }
+    assert!(translated > 0, "nothing translated in docs/po/zh-CN.po");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn zh_cn_links_and_pictures_exist() {
+    let src = workspace().join("docs/src");
+    let messages = zh_cn_messages();
+    let translate = |english: &str| -> String {
+        messages
+            .iter()
+            .find(|m| m.msgid == english && !m.msgstr.is_empty())
+            .map_or_else(|| english.to_owned(), |m| m.msgstr.clone())
+    };
+    // The ids of a page's headings in the Chinese edition: its headings, translated.
+    let zh_heading_ids = |file: &Path| -> Vec<String> {
+        let text = fs::read_to_string(file).expect("read a chapter");
+        let mut ids = Vec::new();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+            }
+            if let Some(title) = line.strip_prefix('#').filter(|_| !in_code) {
+                let title = title.trim_start_matches('#').trim();
+                ids.extend(heading_ids(&format!("# {}", translate(title))));
+            }
+        }
+        ids
+    };
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for message in &messages {
+        for target in link_targets(&message.msgstr) {
+            let (target, fragment) = match target.split_once('#') {
+                Some((target, fragment)) => (target, Some(fragment)),
+                None => (target, None),
+            };
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            for page in &message.pages {
+                let page = workspace().join("docs").join(page);
+                let file = match target {
+                    "" => page.clone(),
+                    _ => page.parent().unwrap_or(&src).join(target),
+                };
+                checked += 1;
+                if !file.exists() {
+                    problems.push(format!(
+                        "{}: the translation links to {target}, which does not exist",
+                        page.display()
+                    ));
+                } else if let Some(fragment) = fragment
+                    && file.extension().is_some_and(|ext| ext == "md")
+                    && !zh_heading_ids(&file).iter().any(|id| id == fragment)
+                {
+                    problems.push(format!(
+                        "{}: the translation links to {target}#{fragment}, not a heading of the \
+                         Chinese {target} (its ids: {:?})",
+                        page.display(),
+                        zh_heading_ids(&file)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} links checked in docs/po/zh-CN.po"
+    );
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
@@ -644,6 +882,25 @@ fn the_parsers_find_what_they_should() {
             },
         ]
     );
+
+    assert_eq!(
+        link_targets("[a](x.md#y), ![b](img/c.svg) and [d]()"),
+        ["x.md#y", "img/c.svg", ""]
+    );
+    assert_eq!(
+        code_spans("`a` and ``b ` c`` then `unclosed"),
+        ["`a`", "``b ` c``"]
+    );
+    assert!(same_target("img/a.svg", "img/zh-CN/a.svg") && same_target("x.md#a", "x.md#b"));
+    assert!(!same_target("x.md", "y.md") && !same_target("img/a.svg", "img/b.svg"));
+    let po = "msgid \"\"\nmsgstr \"header\"\n\n#: src/a.md src/b.md\n#, fuzzy\nmsgid \"\"\n\
+              \"two \\\"lines\\\"\\n\"\n\"joined\"\nmsgstr \"两行\"\n\n#~ msgid \"old\"\n#~ msgstr \"旧\"\n";
+    let messages = po_messages(po);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].pages, ["src/a.md", "src/b.md"]);
+    assert!(messages[0].fuzzy);
+    assert_eq!(messages[0].msgid, "two \"lines\"\njoined");
+    assert_eq!(messages[0].msgstr, "两行");
 
     assert_eq!(without_comments("a<!-- cargo run -p x -->b"), "ab");
     assert!(is_real("select") && !is_real("no-such-crate"));
