@@ -14,6 +14,7 @@ with every label looked up in ZH below. A label missing from ZH stops the script
 English label cannot slip into the Chinese pictures untranslated; code (monospace) stays as is.
 """
 
+import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -137,7 +138,9 @@ class Svg:
 
     def text(self, x, y, s, size=13, anchor="middle", color=INK, mono=False, weight="normal",
              italic=False, halo=False, translated=False):
-        if not (mono or translated):
+        if LANG != "en" and mono and s in ZH:
+            s, mono = ZH[s], False  # a monospace label with words in it: "n bytes"
+        elif not (mono or translated):
             s = tr(s)
         style = " font-style='italic'" if italic and LANG == "en" else ""
         if halo:
@@ -378,8 +381,15 @@ def models():
 
 def wrap(label):
     """`label` in lines of about 12 columns (a Chinese character is two)."""
-    if LANG != "en":
-        return [label[i : i + 6] for i in range(0, len(label), 6)]
+    if LANG != "en":  # break between characters, but never inside a word of Latin letters
+        lines, cur, width = [], "", 0
+        for piece in re.findall(r"[A-Za-z0-9_+]+|.", label):
+            w = sum(1 if ord(c) < 128 else 2 for c in piece)
+            if width + w > 12 and cur:
+                lines.append(cur.strip())
+                cur, width = "", 0
+            cur, width = cur + piece, width + w
+        return lines + [cur.strip()]
     lines, cur = [], ""
     for w in label.split(" "):
         if len(cur) + len(w) > 12 and cur:
