@@ -178,7 +178,7 @@ def main():
     finally:
         browser.close()
         server.shutdown()
-    print(f"{len(CASES) - failed} passed, {failed} failed")
+    print(f"search: {len(CASES) - failed} of {len(CASES)} words found their page")
     sys.exit(1 if failed else 0)
 
 
