@@ -6,6 +6,7 @@
 Serves the built site (docs/build makes it) on a free loopback port with the standard library's
 http.server, opens a page of each edition with ?search=WORD (js/book.js types WORD into the
 Pagefind box) in headless Chromium, and reads the result links from the page once they appear.
+It also follows the language switch of a few pages to the same chapter in the other edition.
 Chromium is driven over its DevTools protocol with nothing but the standard library: a minimal
 WebSocket client below.
 """
@@ -35,6 +36,11 @@ CASES = [
     ("", "FD_SETSIZE", "select.html"),
     ("", "edge-triggered", "epoll.html"),
 ]
+
+
+# (page, where its language switch must lead): the same chapter in the other edition.
+SWITCHES = [("epoll.html", "zh-CN/epoll.html"), ("zh-CN/select.html", "select.html"),
+            ("zh-CN/", "index.html")]
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -175,10 +181,24 @@ def main():
             failed += not ok
             print(f"{'ok  ' if ok else 'FAIL'} /{edition or ''} {word!r} -> {want}: "
                   f"{', '.join(pages[:6]) or 'no results'}")
+        for page, want in SWITCHES:
+            url = f"http://127.0.0.1:{port}/{page}"
+            browser.call("Page.navigate", url=url)
+            deadline = time.monotonic() + 30
+            href = None
+            while not href and time.monotonic() < deadline:
+                href = browser.evaluate(
+                    f"location.href === {json.dumps(url)} && document.readyState === 'complete'"
+                    " && document.querySelector('.language-switch')?.href")
+                time.sleep(0.05)
+            ok = href == f"http://127.0.0.1:{port}/{want}"
+            failed += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} /{page}: language switch -> {href}")
     finally:
         browser.close()
         server.shutdown()
-    print(f"search: {len(CASES) - failed} of {len(CASES)} words found their page")
+    total = len(CASES) + len(SWITCHES)
+    print(f"search and language switch: {total - failed} of {total} checks succeeded")
     sys.exit(1 if failed else 0)
 
 

@@ -16,7 +16,9 @@
   const lang = document.documentElement.lang || "en";
   const here = EDITIONS.find((e) => e.lang === lang) || EDITIONS[0];
   // mdBook defines path_to_root on every page: the way up to this edition's root.
-  const editionRoot = new URL(typeof path_to_root === "string" ? path_to_root : "", location.href);
+  // (It is "" on a page at the root: new URL("", page) would be the page itself, not its folder.)
+  const up = typeof path_to_root === "string" ? path_to_root : "";
+  const editionRoot = new URL(up || "./", location.href);
   const siteRoot = new URL(here.dir ? "../" : "./", editionRoot);
   let page = location.pathname.startsWith(editionRoot.pathname)
     ? location.pathname.slice(editionRoot.pathname.length)
