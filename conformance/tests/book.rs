@@ -677,9 +677,10 @@ fn zh_cn_messages() -> Vec<Message> {
     messages
 }
 
-/// A Chinese picture may replace an English one by its translated copy: `img/x.svg` may
-/// become `img/zh-CN/x.svg`. Any other target must stay as it is, up to the `#fragment`, which
-/// names a translated heading.
+/// A Chinese picture or included table may replace an English one by its translated copy:
+/// `img/x.svg` may become `img/zh-CN/x.svg` (docs/diagrams.py draws both), and
+/// `measurements/x.md` `measurements/zh-CN/x.md` (docs/measurements-zh.py writes it). Any other
+/// target must stay as it is, up to the `#fragment`, which names a translated heading.
 fn same_target(english: &str, chinese: &str) -> bool {
     let page = |target: &str| target.split('#').next().unwrap_or("").to_owned();
     let (english, chinese) = (page(english), page(chinese));
@@ -712,7 +713,8 @@ fn zh_cn_translation_keeps_code_includes_and_links() {
                 .map(|i| i.spec)
                 .collect()
         };
-        if specs(english) != specs(chinese) {
+        let (want, have) = (specs(english), specs(chinese));
+        if want.len() != have.len() || want.iter().zip(&have).any(|(e, c)| !same_target(e, c)) {
             problems.push(format!("{page}: the includes differ in {chinese:?}"));
         }
         // The same code, each piece at least once (a translation may name a call twice).
@@ -742,7 +744,7 @@ fn zh_cn_translation_keeps_code_includes_and_links() {
 }
 
 #[test]
-fn zh_cn_links_and_pictures_exist() {
+fn zh_cn_links_pictures_and_includes_exist() {
     let src = workspace().join("docs/src");
     let messages = zh_cn_messages();
     let translate = |english: &str| -> String {
@@ -770,6 +772,20 @@ fn zh_cn_links_and_pictures_exist() {
     let mut problems = Vec::new();
     let mut checked = 0;
     for message in &messages {
+        // The files a translation includes: the English ones, or their translated copies.
+        for include in includes(Path::new("docs/po/zh-CN.po"), &message.msgstr) {
+            let file = include.spec.split(':').next().unwrap_or("");
+            for page in &message.pages {
+                let page = workspace().join("docs").join(page);
+                checked += 1;
+                if !page.parent().unwrap_or(&src).join(file).exists() {
+                    problems.push(format!(
+                        "{}: the translation includes {file}, which does not exist",
+                        page.display()
+                    ));
+                }
+            }
+        }
         for target in link_targets(&message.msgstr) {
             let (target, fragment) = match target.split_once('#') {
                 Some((target, fragment)) => (target, Some(fragment)),
