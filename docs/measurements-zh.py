@@ -144,6 +144,7 @@ WORDS = {
     "descriptors watched (N)": "被监视的描述符数 (N)",
     "CPU seconds": "CPU 秒数",
     "idle connections held open": "保持打开的空闲连接数",
+    "idle connections held open (0, then a log scale)": "保持打开的空闲连接数（0，之后为对数刻度）",
     "round trips per second": "每秒往返次数",
     "Server CPU with every connection silent": "所有连接都沉默时服务器的 CPU",
     "connections held open": "保持打开的连接数",
@@ -153,7 +154,7 @@ WORDS = {
 }
 LABELS = [
     (r"Round trips per second, (\d+) active connections", r"每秒往返次数，\1 个活跃连接"),
-    (r"(\w+) \(this machine\)", r"\1（本机）"),
+    (r"(\w+) \((?:this machine|ours)\)", r"\1（本机）"),
     (r"(\w+) \(Kerrisk, ([\d.]+)\)", r"\1（Kerrisk，\2）"),
 ]
 # A server's name as bench labels it: `epoll`, `aio (io_uring)`, `select (Kerrisk)`.
