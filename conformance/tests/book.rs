@@ -14,7 +14,8 @@
 //!   and the region, then a blank line, above every code block that includes a region;
 //! - each page's first mention of a call in backticks links to its man page,
 //!   `https://man7.org/linux/man-pages/manN/NAME.N.html`, NAME(N) listed in `MAN_PAGES`;
-//! - a `<p class="figure-caption">` sentence after every plot of measurements/;
+//! - a `<div class="figure-caption">` sentence after every plot of measurements/ (the sentence a
+//!   markdown paragraph of its own inside the div, so that gettext can translate it);
 //! - for exercise N under `## Exercises` in STEM.md, a heading `### STEM N: title` in answers.md.
 //!
 //! The Chinese edition is the same pages through `docs/po/zh-CN.po` (gettext, applied before the
@@ -1284,10 +1285,12 @@ fn every_plot_has_a_caption() {
                 continue;
             }
             let next = lines[index + 1..].iter().find(|l| !l.trim().is_empty());
-            if !next.is_some_and(|l| l.starts_with("<p class=\"figure-caption\">")) {
+            if !next.is_some_and(|l| l.trim() == "<div class=\"figure-caption\">") {
                 problems.push(format!(
                     "{}:{}: a plot needs its caption, one sentence saying what to see, after a \
-                     blank line: <p class=\"figure-caption\">What to see: …</p>",
+                     blank line: <div class=\"figure-caption\">, a blank line, What to see: …, \
+                     a blank line, </div> (the sentence as markdown, for the Chinese edition's \
+                     gettext, which does not translate HTML)",
                     page.display(),
                     index + 1
                 ));
