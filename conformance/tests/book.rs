@@ -1285,7 +1285,7 @@ fn every_plot_has_a_caption() {
                 continue;
             }
             let next = lines[index + 1..].iter().find(|l| !l.trim().is_empty());
-            if !next.is_some_and(|l| l.trim() == "<div class=\"figure-caption\">") {
+            if next.is_none_or(|l| l.trim() != "<div class=\"figure-caption\">") {
                 problems.push(format!(
                     "{}:{}: a plot needs its caption, one sentence saying what to see, after a \
                      blank line: <div class=\"figure-caption\">, a blank line, What to see: …, \
