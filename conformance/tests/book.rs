@@ -576,6 +576,8 @@ fn every_quoted_diff_count_is_the_diff() {
         }
     }
     assert!(checked >= 5, "only {checked} quoted diff counts found");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
 
 /// The targets of the markdown links and pictures in `text`, `](target)`, in order.
 fn link_targets(text: &str) -> Vec<&str> {
