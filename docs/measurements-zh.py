@@ -107,6 +107,23 @@ LINES = [
     ),
     (r"Latency of one round trip, p50 / p99 in µs:", r"一次往返的延迟，p50 / p99，单位 µs："),
     (
+        r"Server CPU per round trip, in µs: the server's own threads \(for SQPOLL, the kernel's "
+        r"polling thread (`[^`]+`) apart, its CPU seconds in brackets\):",
+        r"每次往返的服务器 CPU，单位 µs：服务器自己的线程（对 SQPOLL 来说，内核的轮询线程 \1 "
+        r"单独计算，它的 CPU 秒数在括号里）：",
+    ),
+    (
+        r"System calls per round trip, counted by (`[^`]+`) \(every thread\): (\d+) clients each "
+        r"making (\S+) lockstep round trips of (\d+) bytes, beside (\S+) idle connections, minus "
+        r"the same session without round trips\. The last column compares the server's own count "
+        r"\(its summary's accept/read/write calls and wake-ups, or io_uring_enter calls\) with "
+        r"strace's count of those calls, per round trip\.",
+        r"每次往返的系统调用数，由 \1 统计（所有线程）：\2 个客户端各做 \3 次 \4 字节的步调一致的"
+        r"往返，旁边有 \5 个空闲连接，再减去不做往返的同样一次会话。最后一列把服务器自己的计数"
+        r"（它总结里的 accept/read/write 调用数和唤醒次数，或 io_uring_enter 调用数）与 strace 对"
+        r"这些调用的计数相比较，按每次往返计。",
+    ),
+    (
         r"Server CPU under load, share of one core \(the load generator's own share in brackets; "
         r"it runs on the other core\):",
         r"负载下服务器的 CPU 占一个核的比例（括号里是负载生成器自己的比例；它在另一个核上"
@@ -149,6 +166,11 @@ WORDS = {
     "Server CPU with every connection silent": "所有连接都沉默时服务器的 CPU",
     "connections held open": "保持打开的连接数",
     "% of one core": "占一个核的 %",
+    "System calls per round trip (strace -f -c)": "每次往返的系统调用数（strace -f -c）",
+    "system calls per round trip": "每次往返的系统调用数",
+    "system calls": "系统调用数",
+    "the most frequent (per round trip)": "最频繁的调用（每次往返）",
+    "server's own count vs strace's": "服务器自己的计数对比 strace 的",
     "Server memory (RSS) per connection, most connections each server ran with":
         "每个连接的服务器内存 (RSS)，取每个服务器运行过的最多连接数",
 }
@@ -158,7 +180,7 @@ LABELS = [
     (r"(\w+) \(Kerrisk, ([\d.]+)\)", r"\1（Kerrisk，\2）"),
 ]
 # A server's name as bench labels it: `epoll`, `aio (io_uring)`, `select (Kerrisk)`.
-NAME = re.compile(r"[a-z-]+( \([^)]*\))?")
+NAME = re.compile(r"[A-Za-z_-]+( \([^)]*\))?")
 
 missing = []
 
