@@ -107,6 +107,26 @@ LINES = [
     ),
     (r"Latency of one round trip, p50 / p99 in µs:", r"一次往返的延迟，p50 / p99，单位 µs："),
     (
+        r"Round trips per second of (\d+) clients \(one line each, closed loop\) against one loop "
+        r"and two, (\S+) s per cell\. CPU as a share of one core; the load generator runs on the "
+        r"same (\d+) cores as the server:",
+        r"\1 个客户端（每个一行，闭环）每秒的往返次数，一个循环对比两个循环，每格 \2 秒。CPU 为"
+        r"占一个核的比例；负载生成器和服务器运行在同样的 \3 个核上：",
+    ),
+    (
+        r"At (\S+) µs a line, two loops did (\S+)× the round trips of one\.",
+        r"每行 \1 µs 时，两个循环的往返次数是一个循环的 \2 倍。",
+    ),
+    (
+        r"Round-trip latency of (\d+) light clients \(one line every (\d+) ms each\) beside one "
+        r"heavy client \(batches of (\d+) lines\), against the CPU each line costs the server's "
+        r"handler; (\S+) s per cell\. p50 / p99 / max in µs, then the heavy client's lines per "
+        r"second:",
+        r"\1 个轻量客户端（每个每 \2 毫秒一行）在一个繁重客户端（每批 \3 行）旁边的往返延迟，"
+        r"对应服务器处理函数处理每行所花的 CPU；每格 \4 秒。p50 / p99 / max 单位为 µs，最后是繁重"
+        r"客户端每秒的行数：",
+    ),
+    (
         r"Server CPU per round trip, in µs: the server's own threads \(for SQPOLL, the kernel's "
         r"polling thread (`[^`]+`) apart, its CPU seconds in brackets\):",
         r"每次往返的服务器 CPU，单位 µs：服务器自己的线程（对 SQPOLL 来说，内核的轮询线程 \1 "
@@ -166,6 +186,23 @@ WORDS = {
     "Server CPU with every connection silent": "所有连接都沉默时服务器的 CPU",
     "connections held open": "保持打开的连接数",
     "% of one core": "占一个核的 %",
+    "blocking --mode thread": "blocking --mode thread",
+    "reactor --loops 1": "reactor --loops 1",
+    "reactor --loops 2": "reactor --loops 2",
+    "reactor --workers 4": "reactor --workers 4",
+    "epoll loop (reactor)": "epoll 循环 (reactor)",
+    "cost per line (µs)": "每行代价 (µs)",
+    "handler cost per line (µs)": "处理函数每行代价 (µs)",
+    "generator CPU": "负载生成器 CPU",
+    "server CPU": "服务器 CPU",
+    "heavy lines/s": "繁重客户端行数/秒",
+    "p50": "p50",
+    "p99": "p99",
+    "max": "max",
+    "samples": "样本数",
+    "p99 latency of a light client beside a heavy one": "繁重客户端旁边一个轻量客户端的 p99 延迟",
+    "p99 round trip (ms)": "p99 往返 (ms)",
+    "round trips/s": "往返次数/秒",
     "System calls per round trip (strace -f -c)": "每次往返的系统调用数（strace -f -c）",
     "system calls per round trip": "每次往返的系统调用数",
     "system calls": "系统调用数",
