@@ -39,9 +39,13 @@ static WAKEUPS: Counter = Counter::new();
 pub struct Ring<Op> {
     ring: IoUring,
     sqpoll: bool,
-    /// Operations in flight, indexed by `user_data`; `free` lists the empty slots.
+    /// Operations in flight, indexed by `user_data`; `free` lists the empty slots. A slot
+    /// emptied by this batch of completions waits in `retired` until the next: until its
+    /// completion is handled, the caller may still name it in a cancel, and must not cancel
+    /// another operation by mistake.
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
+    retired: Vec<usize>,
     /// Completions taken off the ring and not yet handled.
     completions: Vec<cqueue::Entry>,
 }
@@ -67,13 +71,14 @@ impl<Op: Copy> Ring<Op> {
         };
         let err = match ring {
             Ok(ring) => {
-                let (ops, free, completions) = (Vec::new(), Vec::new(), Vec::new());
+                let (ops, free, retired, completions) = (vec![], vec![], vec![], vec![]);
                 let sqpoll = args.sqpoll;
                 return Ok(Ring {
                     ring,
                     sqpoll,
                     ops,
                     free,
+                    retired,
                     completions,
                 });
             }
@@ -127,6 +132,20 @@ impl<Op: Copy> Ring<Op> {
     }
     // ANCHOR_END: submit
 
+    /// Queues `cancel`, an AsyncCancel of the operation `key`: still `target`, or just ended
+    /// (its final completion is in this batch, and its key is not yet used again).
+    pub fn cancel(&mut self, key: u64, target: Op, cancel: Op)
+    where
+        Op: PartialEq,
+    {
+        let op = self.ops.get(key as usize).copied().flatten();
+        debug_assert!(
+            op.is_none_or(|op| op == target),
+            "key {key} names another operation"
+        );
+        self.submit(cancel, opcode::AsyncCancel::new(key).build());
+    }
+
     // ANCHOR: wait
     /// Hands over what is queued and, unless completions are already waiting, sleeps until at
     /// least one arrives. With --sqpoll, first watch the completion ring for up to SPIN: under
@@ -156,6 +175,7 @@ impl<Op: Copy> Ring<Op> {
     /// The completions taken so far, each with its operation, its result and its flags. A
     /// multishot operation (flag MORE) stays in the table; any other leaves it now.
     pub fn completions(&mut self) -> Vec<(Op, i32, u32)> {
+        self.free.append(&mut self.retired); // the last batch has been handled
         let mut done = Vec::with_capacity(self.completions.len());
         for cqe in std::mem::take(&mut self.completions) {
             let (key, flags) = (cqe.user_data() as usize, cqe.flags());
@@ -164,7 +184,7 @@ impl<Op: Copy> Ring<Op> {
                 false => self.ops.get_mut(key).and_then(Option::take),
             };
             if let Some(op) = op {
-                self.free.extend((!cqueue::more(flags)).then_some(key));
+                self.retired.extend((!cqueue::more(flags)).then_some(key));
                 done.push((op, cqe.result(), flags));
             }
         }
@@ -172,7 +192,7 @@ impl<Op: Copy> Ring<Op> {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.ops.len() - self.free.len()
+        self.ops.len() - self.free.len() - self.retired.len()
     }
 
     // ANCHOR: enter

@@ -49,7 +49,7 @@ enum Receive {
 }
 
 /// One operation in flight; a connection's operations name it by its descriptor.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Op {
     /// Multishot accept: one submission, one completion per connection (flag MORE) until one
     /// without MORE says it has stopped. A multishot receive works the same way.
@@ -184,8 +184,7 @@ impl Server {
         match conn.receive {
             Receive::Armed(key) if full || conn.ended => {
                 conn.receive = Receive::Cancelling;
-                self.ring
-                    .submit(Op::Cancel, opcode::AsyncCancel::new(key).build());
+                self.ring.cancel(key, Op::Recv(fd), Op::Cancel);
             }
             Receive::Idle if !conn.ended && !full && !self.stopping => self.recv(fd),
             Receive::Idle if conn.ended && conn.held.len() == 0 => {
