@@ -381,15 +381,17 @@ pub fn parse_strace_c(text: &str) -> BTreeMap<String, i64> {
 }
 
 /// The server's own count from its summary line: its `io_uring_enter calls` if it has them,
-/// else its wake-ups (readiness waits) plus its accept/read/write calls.
+/// else its wake-ups (readiness waits) plus its accept/read/write calls. A count of one may be
+/// written in the singular (`1 wake-up`).
 pub fn own_count(summary: &str) -> i64 {
     let field = |name: &str| -> Option<i64> {
-        summary
-            .split(", ")
-            .find_map(|part| part.strip_suffix(name)?.trim().parse().ok())
+        summary.split(", ").find_map(|part| {
+            let part = part.strip_suffix('s').unwrap_or(part);
+            part.strip_suffix(name)?.trim().parse().ok()
+        })
     };
-    field(" io_uring_enter calls")
-        .unwrap_or_else(|| field(" wake-ups").unwrap_or(0) + field(" calls").unwrap_or(0))
+    field(" io_uring_enter call")
+        .unwrap_or_else(|| field(" wake-up").unwrap_or(0) + field(" call").unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -419,6 +421,8 @@ mod tests {
         let s = "1 connections, 12 B in, 12 B out, 8 wake-ups, 0 calls, 0 would-block (0.0%), \
                  9 submissions, 10 completions, 9 io_uring_enter calls";
         assert_eq!(own_count(s), 9);
+        let s = "1 connection, 2 B in, 2 B out, 1 wake-up, 1 call, 0 would-block (0.0%)";
+        assert_eq!(own_count(s), 2);
     }
 
     #[test]
