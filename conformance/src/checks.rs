@@ -80,6 +80,8 @@ pub const HINT_NO_EOF: &str = "no end-of-file after the client's: close once the
 pub const HINT_RESETS: &str = "clients that reset stopped the server: catch ConnectionError \
      (reset, broken pipe) on recv and send, and close that client only (book: Check your own \
      server, § resets)";
+pub const HINT_DIED: &str = "the server died: its last words say where; trouble with one client \
+     must close that client only, never end the server (book: Check your own server, § resets)";
 pub const HINT_CONCURRENT: &str = "clients connected at once are not all served: one client at \
      a time, or a call that blocks the loop (book: Check your own server, § concurrent)";
 pub const HINT_BLOCKING_SEND: &str = "a blocking send stalls everyone: non-blocking sockets, \

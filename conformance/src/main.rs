@@ -217,6 +217,10 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
             if let Some(words) = last_words {
                 f.detail += &format!(", its last words: {}", words.trim());
             }
+            // The check's own guess at a cause (lost bytes, one client at a time) is wrong now.
+            if check != "resets" {
+                f.hint = checks::HINT_DIED.to_owned();
+            }
             died_during = Some(check);
         }
         add(check, verdict);

@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use conformance::checks::{
-    HINT_BLOCKING_SEND, HINT_BUSY, HINT_CHANGED, HINT_CONCURRENT, HINT_COUNT_IGNORED, HINT_EOF,
-    HINT_MEMORY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
+    HINT_BLOCKING_SEND, HINT_BUSY, HINT_CHANGED, HINT_CONCURRENT, HINT_COUNT_IGNORED, HINT_DIED,
+    HINT_EOF, HINT_MEMORY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
 };
 
 const CHECKER: &str = env!("CARGO_BIN_EXE_conformance");
@@ -298,6 +298,24 @@ fn dying_on_a_reset_fails_resets_and_says_so() {
     );
     assert!(line(&lines, "resets").detail.contains("the server exited"));
     assert!(line(&lines, "concurrent").detail.contains("not run"));
+}
+
+/// A server that dies in the middle of a check is not blamed for that check's usual fault (one
+/// client at a time, here): the hint says it died.
+#[test]
+fn dying_in_a_check_is_hinted_as_dying_not_as_that_checks_fault() {
+    let only = ["--only", "hello,concurrent,slow-reader"];
+    let lines = caught(
+        "die-at-100",
+        &only,
+        &["concurrent", "slow-reader"],
+        HINT_DIED,
+    );
+    let concurrent = line(&lines, "concurrent");
+    assert!(
+        concurrent.detail.contains("connection 100: a bug"),
+        "{concurrent:#?}"
+    );
 }
 
 #[test]

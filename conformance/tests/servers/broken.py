@@ -14,6 +14,8 @@ and the checker must fail it on the check that names it:
     ignore-count   non-blocking send() whose count is ignored             -> slow-reader
     unbounded      never stops reading a client that does not read        -> memory
     busy           polls with a zero timeout instead of sleeping          -> idle-cpu
+    die-at-100     dies on its 100th connection (a bug anywhere, not a check's fault)
+                                                                          -> concurrent, "died"
     deaf-to-sigint ignores SIGINT                        -> sigint says it was killed
 
 An optional third argument names a file to write the server's pid to.
@@ -40,6 +42,7 @@ listener.listen(128)
 listener.setblocking(False)
 out = {}  # socket -> bytearray still owed
 eof = set()  # sockets that sent end-of-file
+accepted = 0
 
 
 def close(s):
@@ -109,6 +112,9 @@ try:
                     conn, _ = listener.accept()
                 except BlockingIOError:
                     continue
+                accepted += 1
+                if fault == "die-at-100" and accepted == 100:
+                    raise RuntimeError("connection 100: a bug")
                 conn.setblocking(fault == "block-in-send")
                 out[conn] = bytearray()
             elif s in out:
