@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 // ---------------------------------------------------------------------------------------------
@@ -23,6 +23,9 @@ use nix::unistd::Pid;
 /// A server process, killed if dropped while still running.
 pub struct Server {
     child: Child,
+    /// It leads a process group of its own (a typed command line): what it forks is stopped
+    /// with it.
+    group: bool,
     /// Where it listens: the address it announced, or the one it was told to use.
     pub addr: SocketAddr,
     stderr: Collected,
@@ -55,6 +58,8 @@ impl Server {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        let group = nix::unistd::getpgid(Some(pid)) == Ok(pid);
         let stderr = collect(child.stderr.take().expect("stderr is piped"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
@@ -69,6 +74,7 @@ impl Server {
         });
         let mut server = Server {
             child,
+            group,
             addr: probe.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             stderr,
         };
@@ -110,8 +116,7 @@ impl Server {
                 };
             }
         };
-        let _ = server.child.kill();
-        let _ = server.child.wait();
+        server.kill_all();
         let said = text_at_eof(&server.stderr, Duration::from_secs(2));
         Err(format!(
             "{cmd:?}: {failure}; its stderr said:\n{}",
@@ -132,7 +137,8 @@ impl Server {
             return Err("the command is empty".to_owned());
         };
         let mut cmd = Command::new(program);
-        cmd.args(args);
+        // A group of its own, so that the workers a server forks are stopped with it.
+        cmd.args(args).process_group(0);
         let parent = nix::unistd::getpid();
         // SAFETY: between fork and exec only async-signal-safe calls are made (sigaction,
         // prctl, getppid, kill), and nothing is allocated.
@@ -200,10 +206,26 @@ impl Server {
         }
     }
 
-    /// Sends `signal`, waits up to `grace` for the exit, then kills it with SIGKILL.
+    /// Kills it with SIGKILL and waits for it, and with it what is left of its process group.
+    fn kill_all(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if self.group {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
+    }
+
+    /// Sends `signal` (to its whole process group, if it leads one), waits up to `grace` for
+    /// the exit, then kills it with SIGKILL; what it forked goes with it.
     pub fn stop(mut self, signal: Signal, grace: Duration) -> Stopped {
         let signalled = Instant::now();
-        let _ = kill(self.pid(), signal);
+        let _ = if self.group {
+            killpg(self.pid(), signal)
+        } else {
+            kill(self.pid(), signal)
+        };
         let deadline = signalled + grace;
         let mut killed = false;
         let status = loop {
@@ -218,6 +240,9 @@ impl Server {
             }
         };
         let took = signalled.elapsed();
+        if self.group {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
         Stopped {
             status,
             stderr: text_at_eof(&self.stderr, grace),
@@ -229,10 +254,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.kill_all();
     }
 }
 

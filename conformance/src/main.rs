@@ -9,17 +9,19 @@
 //!
 //! The checks are the library's (`conformance::checks`), the very code every crate's tests run.
 //! A started server is stopped with SIGINT, killed after a grace period, and killed by the
-//! kernel if this program dies first (PR_SET_PDEATHSIG): it is never left running.
+//! kernel if this program dies first (PR_SET_PDEATHSIG): it is never left running. It leads a
+//! process group of its own, and what it forks is stopped with it, also on Ctrl-C.
 
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
 use conformance::checks::{self, Failure, NAMES, NEED_PROCESS, Target, Verdict};
 use conformance::{Server, json_string, summary_line};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 /// Checks that an echo server, in any language, keeps the contract: echo, binary, half-close,
 /// resets, many clients, a slow reader; with --spawn also idle CPU, memory and Ctrl-C.
@@ -151,6 +153,7 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
             if let Some(addr) = args.addr {
                 server.addr = addr;
             }
+            stop_with_us(server.pid());
             Some(server)
         }
         None => None,
@@ -267,6 +270,7 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
     }
     if let Some(server) = server.take() {
         let verdict = Ok(stop_report(server));
+        SERVER_GROUP.store(0, Ordering::SeqCst);
         if chosen("sigint") {
             if !args.json {
                 print_line("sigint", &verdict, true);
@@ -279,6 +283,42 @@ fn run(args: &Args) -> Result<Vec<Line>, String> {
         }
     }
     Ok(lines)
+}
+
+/// The process group of the started server, for the signal handler.
+static SERVER_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// If this program is interrupted (Ctrl-C, SIGTERM), it kills the started server's process
+/// group on the way out: the kernel's PR_SET_PDEATHSIG reaches the server alone, not the
+/// workers it forked, and Ctrl-C no longer reaches them either, in a group of their own.
+fn stop_with_us(group: nix::unistd::Pid) {
+    extern "C" fn on_signal(signal: i32) {
+        // Only async-signal-safe calls: kill, sigaction, raise.
+        let group = SERVER_GROUP.load(Ordering::SeqCst);
+        if group > 0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), Signal::SIGKILL);
+        }
+        if let Ok(signal) = Signal::try_from(signal) {
+            let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+            // SAFETY: restores the default disposition, then dies of the signal as if unhandled.
+            unsafe {
+                let _ = sigaction(signal, &default);
+            }
+            let _ = nix::sys::signal::raise(signal);
+        }
+    }
+    SERVER_GROUP.store(group.as_raw(), Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler makes only async-signal-safe calls.
+        unsafe {
+            let _ = sigaction(signal, &action);
+        }
+    }
 }
 
 /// Stops a started server with SIGINT (SIGKILL after 5 s) and says how it went.

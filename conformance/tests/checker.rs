@@ -423,6 +423,40 @@ fn a_killed_checker_leaves_no_server_running() {
     assert_gone(&pidfile);
 }
 
+/// What a started server forks (a pre-forking server's workers) is stopped with it: when the
+/// checks end, and when the checker is interrupted in the middle of one.
+#[test]
+fn a_forked_worker_is_stopped_with_its_server() {
+    let pidfile = std::env::temp_dir().join(format!("checker-worker-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pidfile);
+    let cmd = format!("{} {}", broken("none+fork"), pidfile.display());
+    let (code, lines) = graded(&["--spawn", &cmd, "--only", "hello,sigint"]);
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_gone(&pidfile);
+
+    let _turn = turn();
+    let cmd = format!("{} {}", broken("block-in-send+fork"), pidfile.display());
+    let mut child = Command::new(CHECKER)
+        .args(["--spawn", &cmd, "--only", "slow-reader"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() {
+        assert!(Instant::now() < deadline, "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // well inside the check, not a sync
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "interrupted, yet {status}");
+    assert_gone(&pidfile);
+}
+
 #[test]
 fn nothing_listening_exits_2() {
     let port = conformance::harness::free_port().unwrap();

@@ -18,7 +18,10 @@ and the checker must fail it on the check that names it:
                                                                           -> concurrent, "died"
     deaf-to-sigint ignores SIGINT                        -> sigint says it was killed
 
-An optional third argument names a file to write the server's pid to.
+A fault may end in `+fork`: the server then forks a worker that sleeps (as a pre-forking
+server's workers wait in accept), and the checker must stop the worker with the server.
+
+An optional third argument names a file to write the server's pid to (the worker's, with +fork).
 """
 
 import os
@@ -27,10 +30,17 @@ import signal
 import socket
 import sys
 
-port, fault = int(sys.argv[1]), sys.argv[2]
+port, (fault, _, fork) = int(sys.argv[1]), sys.argv[2].partition("+")
+pid = os.getpid()
+if fork:
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
 if len(sys.argv) > 3:
-    with open(sys.argv[3], "w") as f:
-        f.write(str(os.getpid()))
+    with open(sys.argv[3] + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(sys.argv[3] + ".tmp", sys.argv[3])
 if fault == "deaf-to-sigint":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 LIMIT = 64 * 1024
