@@ -338,6 +338,20 @@ pub fn binary(t: &Target) -> Verdict {
     let (got, end) = read_to_end(&mut c);
     let took = started.elapsed();
     let sender = sender.join().unwrap_or(Err("the writer panicked".into()));
+    if got.len() < expected.len() && expected.starts_with(&got) && end == End::TimedOut {
+        return Err(fail(
+            format!(
+                "{} of {} bytes back, then nothing (timed out)",
+                got.len(),
+                expected.len()
+            ),
+            if got.is_empty() {
+                HINT_NO_REPLY
+            } else {
+                HINT_LOST
+            },
+        ));
+    }
     compare(&data, &got, &expected, t)?;
     if let Err(e) = sender {
         return Err(fail(e, HINT_LOST));
@@ -428,7 +442,9 @@ pub fn half_close(t: &Target) -> Verdict {
 pub fn resets(t: &Target) -> Verdict {
     let chunk = vec![b'x'; 64 * 1024];
     for i in 0..50 {
-        let step = |e: String| fail(format!("client {i} of 50: {e}"), HINT_RESETS);
+        // The first client fails before any reset: the server does not answer at all.
+        let hint = if i == 0 { HINT_NO_REPLY } else { HINT_RESETS };
+        let step = |e: String| fail(format!("client {i} of 50: {e}"), hint);
         let mut c = t.connect().map_err(step)?;
         // Some reset before the server replied, some after; none read their reply.
         c.write_all(&chunk[..if i % 2 == 0 { 1000 } else { chunk.len() }])
@@ -716,6 +732,8 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
             )),
             _ => Err(fail(l, HINT_COUNT_IGNORED)),
         },
+        // Nobody got a byte: not a send problem, no reply at all.
+        (Some(s), Some(l)) if checked == 0 => Err(fail(format!("{s}; {l}"), HINT_NO_REPLY)),
         (Some(s), Some(l)) => Err(fail(format!("{s}; {l}"), HINT_BOTH)),
     };
     outcome

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use conformance::checks::{
     HINT_BLOCKING_SEND, HINT_BUSY, HINT_CHANGED, HINT_CONCURRENT, HINT_COUNT_IGNORED, HINT_DIED,
-    HINT_EOF, HINT_MEMORY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
+    HINT_EOF, HINT_MEMORY, HINT_NO_REPLY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
 };
 
 const CHECKER: &str = env!("CARGO_BIN_EXE_conformance");
@@ -316,6 +316,18 @@ fn dying_in_a_check_is_hinted_as_dying_not_as_that_checks_fault() {
         concurrent.detail.contains("connection 100: a bug"),
         "{concurrent:#?}"
     );
+}
+
+/// A server that accepts and never reads is told so by every check, not blamed for lost bytes,
+/// resets or a blocking send it never made.
+#[test]
+fn a_server_that_never_reads_gets_no_reply_hints() {
+    let checks = ["hello", "binary", "resets", "slow-reader"];
+    let only = ["--only", &checks.join(","), "--timeout", "2"];
+    let lines = caught("deaf", &only, &checks, HINT_NO_REPLY);
+    for l in &lines {
+        assert_eq!(l.hint, HINT_NO_REPLY, "{l:#?}");
+    }
 }
 
 #[test]

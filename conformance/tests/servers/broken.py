@@ -16,6 +16,7 @@ and the checker must fail it on the check that names it:
     busy           polls with a zero timeout instead of sleeping          -> idle-cpu
     die-at-100     dies on its 100th connection (a bug anywhere, not a check's fault)
                                                                           -> concurrent, "died"
+    deaf           accepts, then never reads                 -> every check, "no reply"
     deaf-to-sigint ignores SIGINT                        -> sigint says it was killed
 
 A fault may end in `+fork`: the server then forks a worker that sleeps (as a pre-forking
@@ -52,6 +53,7 @@ listener.listen(128)
 listener.setblocking(False)
 out = {}  # socket -> bytearray still owed
 eof = set()  # sockets that sent end-of-file
+ignored = []  # deaf: accepted, never read
 accepted = 0
 
 
@@ -125,6 +127,9 @@ try:
                 accepted += 1
                 if fault == "die-at-100" and accepted == 100:
                     raise RuntimeError("connection 100: a bug")
+                if fault == "deaf":
+                    ignored.append(conn)  # kept open, never read, never closed
+                    continue
                 conn.setblocking(fault == "block-in-send")
                 out[conn] = bytearray()
             elif s in out:
