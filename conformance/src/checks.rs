@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -92,6 +93,9 @@ pub const HINT_COUNT_IGNORED: &str = "send's count ignored: bytes lost; send tak
      § slow-reader)";
 pub const HINT_BOTH: &str = "a slow reader stalls everyone AND bytes were lost: a blocking send \
      and an ignored count (book: Check your own server, § slow-reader)";
+pub const HINT_TOO_SLOW: &str = "slow, not wrong: every byte the server took came back, but it \
+     took too few in time; read in large chunks (recv(65536)), not a few bytes per wake-up, or \
+     check with less data (--slow-mib) (book: Check your own server, § slow-reader)";
 pub const HINT_SLOW_CLOSED: &str = "the server cut off a client that was slow to read: pause \
      reading it instead (back-pressure) (book: Check your own server, § slow-reader)";
 pub const HINT_BUSY: &str = "a busy loop: wait in select/poll/epoll without a timeout instead \
@@ -553,6 +557,9 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
         .set_write_timeout(Some(Duration::from_millis(500)))
         .expect("SO_SNDTIMEO");
     let (data2, state2) = (Arc::clone(&data), Arc::clone(&state));
+    // How far the sender got, for a server too slow to take everything in time.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let progress2 = Arc::clone(&progress);
     let patience = t.patience;
     let sender = thread::spawn(move || -> Result<usize, String> {
         let mut sent = 0;
@@ -573,10 +580,13 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
                     .map_err(|e| format!("half-close: {e}"));
             }
             if Instant::now() > deadline {
-                break Err(format!("sending took over {:?}", patience * 4));
+                break Err(format!("{TOOK_TOO_LONG} {:?}", patience * 4));
             }
             match writer.write(&data2[sent..(sent + 64 * 1024).min(data2.len())]) {
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    progress2.store(sent, Ordering::SeqCst);
+                }
                 // The write timed out: the server has stopped reading us.
                 Err(e) if timed_out(&e) => set(Sending::Stalled),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -717,6 +727,24 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
         outcome.verdict = Err(wrong);
         return outcome;
     }
+    // The sender gave up on a server that was taking its bytes too slowly, and everything sent
+    // came back: nothing was lost, the rest was never sent.
+    let taken = progress.load(Ordering::SeqCst);
+    if let (Err(e), Some(_), None) = (&sent, &lost, &stalled_everyone)
+        && e.starts_with(TOOK_TOO_LONG)
+        && checked >= taken
+    {
+        outcome.verdict = Err(fail(
+            format!(
+                "the server took only {} of {} in {:?}, and every byte of it came back",
+                in_mib(taken),
+                in_mib(total),
+                patience * 4
+            ),
+            HINT_TOO_SLOW,
+        ));
+        return outcome;
+    }
     outcome.verdict = match (stalled_everyone, lost) {
         (None, None) => Ok(format!(
             "another client's replies within {} while one sent {} without reading; all {} back",
@@ -738,6 +766,9 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
     };
     outcome
 }
+
+/// How the slow client's sender says it gave up on a server that takes its bytes too slowly.
+const TOOK_TOO_LONG: &str = "sending took over";
 
 fn mib_and_bytes(bytes: usize) -> String {
     format!("{} ({bytes} bytes)", in_mib(bytes))

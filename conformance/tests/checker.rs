@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use conformance::checks::{
     HINT_BLOCKING_SEND, HINT_BUSY, HINT_CHANGED, HINT_CONCURRENT, HINT_COUNT_IGNORED, HINT_DIED,
-    HINT_EOF, HINT_MEMORY, HINT_NO_REPLY, HINT_PLAIN, HINT_RESETS, HINT_UPPER,
+    HINT_EOF, HINT_MEMORY, HINT_NO_REPLY, HINT_PLAIN, HINT_RESETS, HINT_TOO_SLOW, HINT_UPPER,
 };
 
 const CHECKER: &str = env!("CARGO_BIN_EXE_conformance");
@@ -328,6 +328,19 @@ fn a_server_that_never_reads_gets_no_reply_hints() {
     for l in &lines {
         assert_eq!(l.hint, HINT_NO_REPLY, "{l:#?}");
     }
+}
+
+/// A correct server that reads a byte at a time cannot take the slow reader's megabytes in
+/// time: it is told it is slow, not accused of losing the bytes it was never sent.
+#[test]
+fn a_slow_but_correct_server_is_not_accused_of_losing_bytes() {
+    let only = ["--only", "slow-reader", "--timeout", "2"];
+    let lines = caught("one-byte", &only, &["slow-reader"], HINT_TOO_SLOW);
+    assert!(
+        line(&lines, "slow-reader")
+            .detail
+            .contains("every byte of it came back")
+    );
 }
 
 #[test]

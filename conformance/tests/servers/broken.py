@@ -16,6 +16,8 @@ and the checker must fail it on the check that names it:
     busy           polls with a zero timeout instead of sleeping          -> idle-cpu
     die-at-100     dies on its 100th connection (a bug anywhere, not a check's fault)
                                                                           -> concurrent, "died"
+    one-byte       correct, but reads one byte per wake-up: slow, not wrong
+                                                                          -> slow-reader, "slow"
     deaf           accepts, then never reads                 -> every check, "no reply"
     deaf-to-sigint ignores SIGINT                        -> sigint says it was killed
 
@@ -73,7 +75,7 @@ def transform(data):
 
 def receive(s):
     try:
-        data = s.recv(65536)
+        data = s.recv(1 if fault == "one-byte" else 65536)
     except BlockingIOError:
         return
     except ConnectionError:
