@@ -423,26 +423,32 @@ fn assert_gone(pidfile: &Path) {
     }
 }
 
-/// However the checker ends, even killed with SIGKILL in the middle of a check, the server it
-/// started does not outlive it.
-#[test]
-fn a_killed_checker_leaves_no_server_running() {
-    let _turn = turn();
-    let pidfile = std::env::temp_dir().join(format!("checker-killed-{}", std::process::id()));
-    let _ = std::fs::remove_file(&pidfile);
-    let cmd = format!("{} {}", broken("block-in-send"), pidfile.display());
-    let mut child = Command::new(CHECKER)
+/// Starts the checker on `fault` (a server blocking in send, so that the slow-reader check
+/// takes seconds), and returns it once the server has written its pid to `pidfile`.
+fn checker_inside_a_long_check(fault: &str, pidfile: &Path) -> std::process::Child {
+    let _ = std::fs::remove_file(pidfile);
+    let cmd = format!("{} {}", broken(fault), pidfile.display());
+    let child = Command::new(CHECKER)
         .args(["--spawn", &cmd, "--only", "slow-reader"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // The slow-reader check against this server takes seconds: kill the checker inside it.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !pidfile.exists() {
         assert!(Instant::now() < deadline, "the server never started");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500)); // well inside the check, not a sync
+    child
+}
+
+/// However the checker ends, even killed with SIGKILL in the middle of a check, the server it
+/// started does not outlive it.
+#[test]
+fn a_killed_checker_leaves_no_server_running() {
+    let _turn = turn();
+    let pidfile = std::env::temp_dir().join(format!("checker-killed-{}", std::process::id()));
+    let mut child = checker_inside_a_long_check("block-in-send", &pidfile);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_gone(&pidfile);
@@ -460,18 +466,7 @@ fn a_forked_worker_is_stopped_with_its_server() {
     assert_gone(&pidfile);
 
     let _turn = turn();
-    let cmd = format!("{} {}", broken("block-in-send+fork"), pidfile.display());
-    let mut child = Command::new(CHECKER)
-        .args(["--spawn", &cmd, "--only", "slow-reader"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfile.exists() {
-        assert!(Instant::now() < deadline, "the server never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500)); // well inside the check, not a sync
+    let mut child = checker_inside_a_long_check("block-in-send+fork", &pidfile);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
