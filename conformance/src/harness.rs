@@ -110,7 +110,11 @@ impl Server {
             if Instant::now() > deadline {
                 break match probe {
                     Some(addr) => {
-                        format!("nothing accepted connections on {addr} within {patience:?}")
+                        format!(
+                            "nothing accepted connections on {addr} within {patience:?} (does \
+                             it listen on port {}, the one its command line gives it?)",
+                            addr.port()
+                        )
                     }
                     None => format!("it announced nothing within {patience:?}"),
                 };
@@ -118,6 +122,9 @@ impl Server {
         };
         server.kill_all();
         let said = text_at_eof(&server.stderr, Duration::from_secs(2));
+        if said.trim().is_empty() {
+            return Err(format!("{cmd:?}: {failure}; it said nothing on stderr"));
+        }
         Err(format!(
             "{cmd:?}: {failure}; its stderr said:\n{}",
             said.trim_end()

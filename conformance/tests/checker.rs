@@ -503,6 +503,23 @@ fn a_command_that_does_not_start_exits_2() {
     }
 }
 
+/// A server that listens somewhere else than on the port it was given, and says nothing, is
+/// asked whether it uses that port.
+#[test]
+fn a_server_on_another_port_is_asked_about_its_port() {
+    let elsewhere = "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); \
+                     s.listen(); time.sleep(60)";
+    let cmd = format!("python3 -c \"{elsewhere}\" {{port}}");
+    let out = checker(&["--spawn", &cmd, "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the one its command line gives it?")
+            && stderr.trim_end().ends_with("it said nothing on stderr"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_arguments_exit_2() {
     for args in [
