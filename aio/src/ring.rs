@@ -31,7 +31,7 @@ const SQ_IDLE_MS: u32 = 10;
 /// load, 50 clients; bench syscalls, lockstep): none, 1 µs of CPU per round trip but 0.5-0.9
 /// calls; 20 µs, 2.2 µs but 0.4-0.7 calls for one client; 4 times the usual wait, 2.5-3.2 µs but
 /// up to 0.23 calls; none for 1, 2, 4... waits after a fruitless one, up to 1.1 calls. This one
-/// costs 4-15 µs (the plain ring 2-4) and makes 0.002-0.23 calls: the fewest, SQPOLL's point.
+/// costs 4-15 µs (the plain ring 2-4) and makes 0.002-0.23 calls, mostly the fewest: SQPOLL's point.
 const SPIN: Duration = Duration::from_micros(200);
 
 /// Operations handed to the kernel, completions it returned, the system calls that took, and
