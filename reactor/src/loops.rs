@@ -1,23 +1,120 @@
-//! One loop per thread (`--loops N`): N event loops, each with its own epoll instance and its own
-//! listening socket, all bound to one port with SO_REUSEPORT, so that the kernel spreads the new
-//! connections across them and no two loops ever share a connection, a buffer or a lock.
+//! The loops (`--loops N`), and what they share. `start` sets up everything before the first loop
+//! runs: the signal mask, the listening sockets, the workers, an eventfd per loop. Then N threads
+//! each run one event loop (main.rs's `run`) with its own epoll instance and its own listening
+//! socket, all bound to one port with SO_REUSEPORT, so that the kernel spreads the new connections
+//! across them and no two loops ever share a connection, a buffer or a lock. Here too: the
+//! chapter's options, the summary, and what several loops need that one did not (the start, the
+//! stop, running out of descriptors together).
 
 use std::cell::Cell;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::sync::{Arc, Barrier, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::SigSet;
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
     sockopt,
 };
+use support::say;
+
+use crate::pool::{LINES_IN_LOOP, LINES_IN_WORKERS, Pool};
+
+/// An echo server on epoll(7) whose handler costs time: one thread stalls, a pool or more loops do not.
+/// --work-us makes every line cost CPU; --workers moves it off the loop; --loops runs a loop per core.
+#[derive(clap::Parser)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: support::Common,
+
+    /// CPU time every line costs its handler, in µs (spinning, as a computation would). With
+    /// more than 0, bytes without a newline wait for it, or for the end of the input.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    work_us: u64,
+
+    /// Run the handlers on a pool of N threads instead of in the loop (0: in the loop).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u16).range(0..=1024))]
+    workers: u16,
+
+    /// Run N event loops, each on its own thread with its own epoll and its own listening socket
+    /// on the same port (SO_REUSEPORT); the kernel spreads connections across them.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(value_parser = clap::value_parser!(u16).range(1..=256))]
+    loops: u16,
+}
+
+/// What one loop is given: its listener (bound, listening), the signal mask its waits install,
+/// its way to the pool, its eventfd (which workers and the other loops write to wake it), and
+/// its part in the start.
+pub struct Loop {
+    pub listener: TcpListener,
+    pub wait_mask: SigSet,
+    pub pool: Pool,
+    pub waker: Arc<EventFd>,
+    pub set_up: SetUp,
+}
+
+// ANCHOR: start
+/// Sets up what the loops share, runs `run` on one thread per loop, and waits for them all.
+pub fn start(args: &Args, run: fn(Loop) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    // Block SIGINT and SIGTERM before any thread starts: every thread inherits the mask, so the
+    // signals get in only where a loop waits in epoll_pwait with the mask that lets them.
+    let wait_mask = support::catch_signals()?;
+    let listeners = listen_all(args.common.addr, args.loops.into())?;
+    let n = listeners.len();
+    // One pool of workers for every loop; none with --workers 0 (the loops run the handler).
+    let workers = (args.workers > 0).then(|| threadpool::ThreadPool::new(args.workers.into()));
+    let cost = Duration::from_micros(args.work_us);
+    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+    let wakers: Vec<Arc<EventFd>> = (0..n)
+        .map(|_| EventFd::from_flags(flags).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .context("eventfd")?;
+    let wakers = WAKERS.get_or_init(|| wakers);
+    *tally() = Tally {
+        running: n,
+        connections: vec![0; n],
+    };
+    let barrier = Arc::new(Barrier::new(n));
+    let (done, finished) = crossbeam_channel::bounded(n);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let me = Loop {
+            listener,
+            wait_mask,
+            pool: Pool::new(workers.as_ref(), cost, Arc::clone(&wakers[id])),
+            waker: Arc::clone(&wakers[id]),
+            set_up: SetUp {
+                id,
+                barrier: Arc::clone(&barrier),
+            },
+        };
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name(format!("loop-{id}"))
+            .spawn(move || {
+                LOOP_ID.set(id);
+                let result = run(me);
+                // A loop that stops (Ctrl-C, or an error) wakes every other: a signal reaches
+                // only one thread, and the others may be asleep in epoll_wait.
+                wake_all();
+                let _ = done.send(result);
+            })
+            .context("spawn a loop's thread")?;
+    }
+    for result in finished.iter().take(n) {
+        result?; // an error ends the program, every loop with it
+    }
+    Ok(())
+}
+// ANCHOR_END: start
 
 // ANCHOR: listen
 /// The listening sockets, one per loop. One loop listens as every chapter does. Several each
@@ -56,14 +153,6 @@ fn listen_reuseport(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 // ANCHOR_END: listen
 
-/// What one loop is given: its listener, its eventfd (the wake-up that workers and the other
-/// loops use), and its part in the start.
-pub struct Loop {
-    pub listener: TcpListener,
-    pub waker: Arc<EventFd>,
-    pub set_up: SetUp,
-}
-
 /// The start of the loops: the first announces the address once every loop is set up.
 pub struct SetUp {
     id: usize,
@@ -82,84 +171,78 @@ impl SetUp {
     }
 }
 
-// ANCHOR: spawn
-/// Runs `serve` on one thread per listener and waits for them all; returns the connections
-/// each loop accepted. A loop that stops (Ctrl-C, or an error) wakes every other through its
-/// eventfd: a signal reaches only one thread, and the others may be asleep in epoll_wait.
-pub fn spawn<F>(listeners: Vec<TcpListener>, serve: F) -> anyhow::Result<Vec<u64>>
-where
-    F: Fn(Loop) -> anyhow::Result<u64> + Send + Sync + 'static,
-{
-    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
-    let wakers: Vec<Arc<EventFd>> = (0..listeners.len())
-        .map(|_| EventFd::from_flags(flags).map(Arc::new))
-        .collect::<Result<_, _>>()
-        .context("eventfd")?;
-    let (serve, wakers) = (Arc::new(serve), WAKERS.get_or_init(|| wakers));
-    let barrier = Arc::new(Barrier::new(listeners.len()));
-    let (done, finished) = crossbeam_channel::bounded(listeners.len());
-    for (id, listener) in listeners.into_iter().enumerate() {
-        let (serve, done) = (Arc::clone(&serve), done.clone());
-        let waker = Arc::clone(&wakers[id]);
-        let set_up = SetUp {
-            id,
-            barrier: Arc::clone(&barrier),
-        };
-        std::thread::Builder::new()
-            .name(format!("loop-{id}"))
-            .spawn(move || {
-                LOOP_ID.set(id);
-                let result = serve(Loop {
-                    listener,
-                    waker,
-                    set_up,
-                });
-                wake_all();
-                let _ = done.send((id, result));
-            })
-            .context("spawn a loop's thread")?;
-    }
-    let mut connections = vec![0; wakers.len()];
-    for (id, result) in finished.iter().take(wakers.len()) {
-        connections[id] = result?; // an error ends the program, every loop with it
-    }
-    Ok(connections)
-}
-// ANCHOR_END: spawn
-
 thread_local! {
     static LOOP_ID: Cell<usize> = const { Cell::new(0) };
     static ACCEPTED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The number of the loop running on this thread, for `-v`.
-pub fn id() -> usize {
+/// Counts a connection accepted by this thread's loop, and returns the loop's number.
+pub fn accepted() -> usize {
+    ACCEPTED.set(ACCEPTED.get() + 1);
     LOOP_ID.get()
 }
 
-/// Counts a connection accepted by this thread's loop.
-pub fn accepted() {
-    ACCEPTED.set(ACCEPTED.get() + 1);
-}
-
-/// The connections this thread's loop has accepted.
-pub fn connections() -> u64 {
-    ACCEPTED.get()
-}
-
-/// The longest pass of any loop, in µs: from an epoll_wait's return to the next call. A socket
-/// that became ready just after a wait returned waited at least that long to be looked at.
+/// The longest pass of any loop, in µs.
 static LONGEST_PASS_US: AtomicU64 = AtomicU64::new(0);
 
-/// Records one pass of a loop that began (its wait returned) at `woke`.
-pub fn pass_ended(woke: Instant) {
-    let us = woke.elapsed().as_micros() as u64;
-    LONGEST_PASS_US.fetch_max(us, Ordering::Relaxed);
+/// One pass of a loop, timed from its wait's return until it is dropped at the end of the pass.
+/// A socket that became ready just after the wait returned waited at least that long.
+pub struct Pass(Instant);
+
+impl Pass {
+    pub fn begin() -> Pass {
+        Pass(Instant::now())
+    }
 }
 
-pub fn longest_pass_us() -> u64 {
-    LONGEST_PASS_US.load(Ordering::Relaxed)
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let us = self.0.elapsed().as_micros() as u64;
+        LONGEST_PASS_US.fetch_max(us, Ordering::Relaxed);
+    }
 }
+
+/// How many loops still run, and the connections each accepted.
+struct Tally {
+    running: usize,
+    connections: Vec<u64>,
+}
+
+static TALLY: Mutex<Tally> = Mutex::new(Tally {
+    running: 0,
+    connections: Vec::new(),
+});
+
+fn tally() -> std::sync::MutexGuard<'static, Tally> {
+    TALLY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ANCHOR: summary
+/// Each loop calls this as it stops, with the chapter's counters (shared by every loop). The last
+/// one to stop prints the summary, with what the pool and the loops did: by then every loop has
+/// left its loop, and the counters are final.
+pub fn summary(counters: &[(&str, u64)]) {
+    let mut tally = tally();
+    tally.connections[LOOP_ID.get()] = ACCEPTED.get();
+    tally.running -= 1;
+    if tally.running > 0 {
+        return;
+    }
+    let mut rows = counters.to_vec();
+    rows.extend([
+        ("lines handled in the loop", LINES_IN_LOOP.get()),
+        ("by workers", LINES_IN_WORKERS.get()),
+        (
+            "µs longest pass of a loop",
+            LONGEST_PASS_US.load(Ordering::Relaxed),
+        ),
+    ]);
+    support::summary(&rows);
+    if tally.connections.len() > 1 {
+        say!("connections per loop: {:?}", tally.connections);
+    }
+}
+// ANCHOR_END: summary
 
 /// Every loop's eventfd, for [`wake_all`].
 static WAKERS: OnceLock<Vec<Arc<EventFd>>> = OnceLock::new();
@@ -185,11 +268,17 @@ thread_local! {
     static LISTENER_OFF: Cell<bool> = const { Cell::new(false) };
 }
 
-/// After an EMFILE that the spare could not answer: stop watching the listener.
-pub fn starving(epoll: &Epoll, listener: &TcpListener, key: u64) {
-    let _ = epoll.modify(listener, &mut EpollEvent::new(EpollFlags::empty(), key));
-    LISTENER_OFF.set(true);
-    STARVING.store(true, Ordering::SeqCst);
+/// After an EMFILE, once the spare has been given back and the connection closed: takes the
+/// spare again, as support::reserve_descriptor does. If another loop got the descriptor first,
+/// stops watching the listener (key `key`) until a descriptor is freed.
+pub fn reserve_descriptor(epoll: &Epoll, listener: &TcpListener, key: u64) -> Option<File> {
+    let spare = support::reserve_descriptor();
+    if spare.is_none() {
+        let _ = epoll.modify(listener, &mut EpollEvent::new(EpollFlags::empty(), key));
+        LISTENER_OFF.set(true);
+        STARVING.store(true, Ordering::SeqCst);
+    }
+    spare
 }
 
 /// After closing a connection: if a loop is starving, wake them all.

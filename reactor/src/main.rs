@@ -1,12 +1,9 @@
 //! # reactor: beyond one thread
 //!
-//! The epoll chapter's level-triggered loop, with a handler that costs time. One thread detects
-//! events and handles them, so while it handles one client's lines, every other client waits:
-//! the lecture's last warning about multiplexing, made visible. Then the two ways real servers
-//! use more than one core: a worker pool behind the loop (`--workers`), and one loop per core,
-//! each with its own listening socket on the same port (`--loops`, SO_REUSEPORT).
-//!
-//! Run it beside two clients:
+//! The epoll chapter's level-triggered loop, with a handler that costs time (`--work-us`). One
+//! thread detects events and handles them, so while it handles one client's lines every other
+//! client waits: the lecture's last warning, made visible. Then the two ways past it: a worker
+//! pool behind the loop (`--workers`, pool.rs) and one loop per core (`--loops`, loops.rs).
 //!
 //! ```text
 //! cargo run -p reactor -- --work-us 1000                    # terminal 1: 1 ms of CPU a line
@@ -16,26 +13,19 @@
 //! cargo run -p reactor -- --loops 2 -v                      # two loops, one port
 //! ```
 //!
-//! Watch: the summary on Ctrl-C says how many lines the loop handled itself and how many the
-//! workers did, the longest pass of a loop (how long a ready socket could wait for it), and
-//! with `--loops`, the connections each loop accepted.
-//!
-//! Diff it: `diff epoll/src/main.rs reactor/src/main.rs` (the handler gets a cost, a pool and
-//! its wake-up, and the loop a thread per core); the pool is in `pool.rs`, the loops in `loops.rs`.
+//! Watch the summary on Ctrl-C: lines handled in the loop and by workers, the longest pass of a
+//! loop, connections per loop. Diff it: `diff epoll/src/main.rs reactor/src/main.rs`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::signal::SigSet;
-use pool::{LINES_IN_LOOP, LINES_IN_WORKERS, Pool};
 use support::{Counter, STATS, say, trace};
 
 mod loops; // one loop per thread, each with its own listener on one port (SO_REUSEPORT)
@@ -46,46 +36,19 @@ use pwait::epoll_pwait;
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
-/// Back-pressure: stop reading from a client while this much of its output is unsent, or of its
-/// input unhandled (a line this long without its `\n` is handled as it is).
+/// Back-pressure: stop reading from a client while this much of its output (or input) waits.
 const MAX_PENDING: usize = 64 * 1024;
 /// Events fetched per wait; more stay on the kernel's ready list for the next wait.
 const MAX_EVENTS: usize = 1024;
 /// The listener's key in event data. Clients' keys count up from 0 and never reach it.
 const LISTENER: u64 = u64::MAX;
-/// The key of the loop's eventfd: a worker finished a batch, or another loop stopped.
-const WAKER: u64 = u64::MAX - 1;
+const WAKER: u64 = u64::MAX - 1; // the loop's eventfd: a batch is back, or a loop stopped
 
 /// Events epoll_wait handed back, and epoll_ctl calls by kind: the work poll did every pass.
 static EVENTS: Counter = Counter::new();
 static ADDS: Counter = Counter::new();
 static MODIFIES: Counter = Counter::new();
 static DELETES: Counter = Counter::new();
-
-/// An echo server on epoll(7) whose handler costs time: one thread stalls, a pool or more loops do not.
-/// --work-us makes every line cost CPU; --workers moves it off the loop; --loops runs a loop per core.
-#[derive(Parser)]
-#[command(verbatim_doc_comment)]
-struct Args {
-    #[command(flatten)]
-    common: support::Common,
-
-    /// CPU time every line costs its handler, in µs (spinning, as a computation would). With
-    /// more than 0, bytes without a newline wait for it, or for the end of the input.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    work_us: u64,
-
-    /// Run the handlers on a pool of N threads instead of in the loop (0: in the loop).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    #[arg(value_parser = clap::value_parser!(u16).range(0..=1024))]
-    workers: u16,
-
-    /// Run N event loops, each on its own thread with its own epoll and its own listening socket
-    /// on the same port (SO_REUSEPORT); the kernel spreads connections across them.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    #[arg(value_parser = clap::value_parser!(u16).range(1..=256))]
-    loops: u16,
-}
 
 // ANCHOR: client
 /// One connected client: its socket and the bytes we owe it.
@@ -94,13 +57,8 @@ struct Client {
     peer: SocketAddr,
     /// Upper-cased bytes not yet written (a slow reader's backlog, at most ~MAX_PENDING).
     out: Vec<u8>,
-    /// Bytes read and not yet handled: a line still without its `\n`, and lines that wait for
-    /// the batch at the pool to come back (at most ~MAX_PENDING).
-    input: Vec<u8>,
-    /// A batch of its lines is at the pool. The next batch waits for it: replies stay in order.
-    busy: bool,
-    /// Its next batch waits for room at the pool: read no more from it meanwhile.
-    queued: bool,
+    /// Bytes read and not yet handled, and whether a batch of them is at the pool (pool.rs).
+    lines: pool::Lines,
     /// The client sent EOF: we read no more, and close once `out` is empty.
     eof: bool,
     /// A read or write failed (reset, broken pipe): close now.
@@ -115,34 +73,27 @@ impl Client {
             stream,
             peer,
             out: Vec::new(),
-            input: Vec::new(),
-            busy: false,
-            queued: false,
+            lines: pool::Lines::default(),
             eof: false,
             broken: false,
             interest: EpollFlags::empty(),
         }
     }
-    /// Read interest: not after EOF, not while its output is backed up or its input unhandled
-    /// (back-pressure), and not while the pool has no room for it.
+    /// Read interest: not after EOF, and not while its output or its lines are backed up (pool.rs).
     fn wants_read(&self) -> bool {
-        !self.eof
-            && !self.broken
-            && self.out.len() < MAX_PENDING
-            && self.input.len() < MAX_PENDING
-            && !self.queued
+        !self.eof && !self.broken && self.out.len() < MAX_PENDING && self.lines.may_read()
     }
     /// Write interest: only while there is something to write.
     fn wants_write(&self) -> bool {
         !self.broken && !self.out.is_empty()
     }
-    /// Done: broken, or at EOF with every line handled and every reply written.
     fn finished(&self) -> bool {
-        self.broken || (self.eof && self.out.is_empty() && self.input.is_empty() && !self.busy)
+        self.broken || (self.eof && self.out.is_empty() && self.lines.all_handled())
     }
     fn fail(&mut self, err: io::Error) {
         trace!("{}: {err}; closing", self.peer);
         self.broken = true;
+        self.lines = pool::Lines::default(); // nobody would read the replies to its lines
     }
     /// What to register: exactly what it wants now. Level-triggered, a socket registered for
     /// an event we mean to ignore would wake us again and again.
@@ -156,56 +107,27 @@ impl Client {
 // ANCHOR_END: client
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = loops::Args::parse(); // the options are in loops.rs
     support::init(&args.common);
-    support::finish(run(&args))
+    support::finish(loops::start(&args, run))
 }
 
-// ANCHOR: run
-/// Set-up for every loop, then the loops, then the summary once they have all stopped.
-fn run(args: &Args) -> anyhow::Result<()> {
-    // Block SIGINT and SIGTERM before any thread starts: every thread inherits the mask, so the
-    // signals get in only where a loop waits in epoll_pwait with the mask that lets them.
-    let wait_mask = support::catch_signals()?;
-    let listeners = loops::listen_all(args.common.addr, args.loops.into())?;
-    let workers = (args.workers > 0).then(|| threadpool::ThreadPool::new(args.workers.into()));
-    let cost = Duration::from_micros(args.work_us);
-    let connections = loops::spawn(listeners, move |me| {
-        let pool = Pool::new(workers.as_ref(), cost, me.waker.clone());
-        serve(me, pool, &wait_mask)
-    })?;
-    support::summary(&[
-        ("level-triggered events", EVENTS.get()),
-        ("epoll_ctl add", ADDS.get()),
-        ("modify", MODIFIES.get()),
-        ("delete", DELETES.get()),
-        ("lines handled in the loop", LINES_IN_LOOP.get()),
-        ("by workers", LINES_IN_WORKERS.get()),
-        ("µs longest pass of a loop", loops::longest_pass_us()),
-    ]);
-    if connections.len() > 1 {
-        say!("connections per loop: {connections:?}");
-    }
-    Ok(())
-}
-// ANCHOR_END: run
-
-/// One event loop: the epoll chapter's, on its own listener, with its own eventfd in its set.
-fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<u64> {
+fn run(me: loops::Loop) -> anyhow::Result<()> {
     // ANCHOR: setup
-    // Set-up: the listener was bound by `run` (support::listen, or SO_REUSEPORT with --loops);
+    // Set-up: socket, bind and listen were done by loops::start, for every loop at once, then
     // non-blocking mode, so that accept with nothing waiting returns WouldBlock at once.
     let listener = me.listener;
     listener.set_nonblocking(true).context("set_nonblocking")?;
+    let (wait_mask, mut pool) = (me.wait_mask, me.pool); // also made by loops::start
     // The interest list lives in the kernel: the listener goes in once, under its own key, and
-    // so does the eventfd that workers and the other loops write to wake this one.
+    // so does the eventfd that workers and the other loops write to wake this loop.
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
     let listen_for = EpollFlags::EPOLLIN;
     epoll
         .add(&listener, EpollEvent::new(listen_for, LISTENER))
         .context("epoll_ctl(ADD, listener)")?;
     epoll
-        .add(&*me.waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKER))
+        .add(&*me.waker, EpollEvent::new(listen_for, WAKER))
         .context("epoll_ctl(ADD, eventfd)")?;
     ADDS.add(2);
     let mut spare = support::reserve_descriptor();
@@ -220,7 +142,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         // Phase 1: wait. Nothing is rebuilt: every socket was registered when it arrived, and
         // epoll_wait fills `events` with the ready ones only, each tagged with the key we gave it.
         // (epoll_pwait is epoll_wait plus a signal mask: Ctrl-C can interrupt the wait and only it.)
-        let n = match epoll_pwait(&epoll, &mut events, wait_mask) {
+        let n = match epoll_pwait(&epoll, &mut events, &wait_mask) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("epoll_wait"),
@@ -231,7 +153,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         if support::stop_pending() {
             break;
         }
-        let woke = Instant::now();
+        let _pass = loops::Pass::begin(); // timed until the pass ends, for the summary
         STATS.wakeups.add(1);
         EVENTS.add(n as u64);
         // EPOLLHUP and EPOLLERR come back whether asked for or not: count them as readable and
@@ -242,7 +164,6 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         let writable = EpollFlags::EPOLLOUT | gone;
         let ready = &events[..n];
         let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
-        let woken = ready.iter().any(|event| event.data() == WAKER);
         // ANCHOR_END: wait
 
         // Phase 2: accept every connection waiting in the listen queue.
@@ -254,13 +175,13 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         // Phase 2½: the eventfd woke us: take in the batches the workers finished. Each reply
         // goes out after the ones before it, and its client's next batch can go to the pool.
         let mut touched: Vec<u64> = ready.iter().map(|event| event.data()).collect();
-        if woken {
+        if ready.iter().any(|event| event.data() == WAKER) {
             loops::woken(&epoll, &listener, LISTENER, &mut spare);
             for done in pool.collect() {
                 let Some(client) = clients.get_mut(&done.key) else {
                     continue; // it left while its lines were worked on
                 };
-                client.busy = false;
+                client.lines.busy = false;
                 client.out.extend_from_slice(&done.reply);
                 flush(client);
                 handle_lines(done.key, client, &mut pool);
@@ -270,7 +191,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
         // Batches came back, so there is room at the pool: the clients that waited for it next.
         while let Some(key) = pool.next_waiting() {
             if let Some(client) = clients.get_mut(&key) {
-                client.queued = false;
+                client.lines.queued = false;
                 handle_lines(key, client, &mut pool);
                 touched.push(key);
             }
@@ -284,9 +205,8 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
                 continue; // the listener or the eventfd: done in phase 2
             };
             trace!("{}: {:?}", client.peer, event.events());
-            // Reset or hung up while its lines wait for the pool: neither the write nor the read
-            // below would run and report it, and the hang-up would wake every wait until then.
-            if event.events().intersects(gone) && !client.wants_read() && !client.wants_write() {
+            // Hung up while neither read nor written (its lines wait): nothing below would see it.
+            if event.events().intersects(gone) && client.wanted().is_empty() {
                 let err = client.stream.take_error().ok().flatten();
                 client.fail(err.unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()));
             }
@@ -304,8 +224,7 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
 
         // ANCHOR: close
         // Phase 4: close, or update the registration. Only the clients named in this pass, or
-        // given a reply, can have changed, so only they are visited; poll and select walk every
-        // client, every pass.
+        // given a reply (`touched`), can have changed, so only they are visited.
         for key in touched {
             let Some(client) = clients.get_mut(&key) else {
                 continue;
@@ -340,9 +259,14 @@ fn serve(me: loops::Loop, mut pool: Pool, wait_mask: &SigSet) -> anyhow::Result<
             }
         }
         // ANCHOR_END: close
-        loops::pass_ended(woke);
     }
-    Ok(loops::connections())
+    loops::summary(&[
+        ("level-triggered events", EVENTS.get()),
+        ("epoll_ctl add", ADDS.get()),
+        ("modify", MODIFIES.get()),
+        ("delete", DELETES.get()),
+    ]);
+    Ok(())
 }
 
 // ANCHOR: handle_new_connection
@@ -374,10 +298,9 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                loops::accepted();
+                let id = loops::accepted(); // which loop, for -v and the summary
                 trace!(
-                    "{peer}: connected to loop {} ({} clients, key {key})",
-                    loops::id(),
+                    "{peer}: connected to loop {id} ({} clients, key {key})",
                     clients.len() + 1
                 );
                 clients.insert(key, client);
@@ -396,10 +319,7 @@ fn handle_new_connection(
                 if let Ok((_stream, peer)) = listener.accept() {
                     say!("accept: {e}; closing {peer} unserved");
                 }
-                *spare = support::reserve_descriptor();
-                if spare.is_none() {
-                    loops::starving(epoll, listener, LISTENER); // another loop took it
-                }
+                *spare = loops::reserve_descriptor(epoll, listener, LISTENER); // or another loop's
                 break;
             }
             // E.g. ECONNABORTED: the client gave up before we accepted it.
@@ -414,14 +334,14 @@ fn handle_new_connection(
 
 // ANCHOR: handle_client_data
 /// Reads once from a ready client, and hands what is complete to the handler.
-fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut Pool) {
+fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut pool::Pool) {
     STATS.calls.add(1);
     match client.stream.read(buf) {
-        // EOF: the client will send no more. Handle what is left, flush what we owe, then close.
+        // EOF: the client will send no more. Flush what we owe, then close.
         Ok(0) => client.eof = true,
         Ok(n) => {
             STATS.bytes_in.add(n as u64);
-            client.input.extend_from_slice(&buf[..n]);
+            client.lines.push(&buf[..n]);
         }
         // Not ready after all (it happens); the next pass will ask again.
         Err(e) if support::would_block(&e) => STATS.would_block.add(1),
@@ -433,36 +353,18 @@ fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut 
 // ANCHOR_END: handle_client_data
 
 // ANCHOR: handle_lines
-/// Hands a client's complete lines to the handler, as one batch: here in the loop, where every
-/// other client waits until it is done, or on a worker. One batch at a time per client: lines
-/// that arrive meanwhile wait in `input`, so that its replies come back in order.
-fn handle_lines(key: u64, client: &mut Client, pool: &mut Pool) {
-    if client.busy || client.queued || client.broken {
-        return;
-    }
-    // Free lines need no line ends (the echo contract: no newline needed). Costly ones are
-    // whole lines, except the last piece at EOF, or a "line" as long as the input may grow.
-    let whole = pool.cost().is_zero() || client.eof || client.input.len() >= MAX_PENDING;
-    let end = match client.input.iter().rposition(|&b| b == b'\n') {
-        _ if whole => client.input.len(),
-        Some(last) => last + 1,
-        None => 0,
+/// Runs the handler on a client's complete lines, one batch at a time: here in the loop, where
+/// every other client waits until it is done, or on a worker, the reply coming back in phase 2½.
+fn handle_lines(key: u64, client: &mut Client, pool: &mut pool::Pool) {
+    let Some(mut batch) = pool.next_batch(key, &mut client.lines, client.eof) else {
+        return; // no whole line yet, or not its turn (see pool.rs)
     };
-    if end == 0 {
-        return;
-    }
     if pool.in_loop() {
-        let mut batch: Vec<u8> = client.input.drain(..end).collect();
-        LINES_IN_LOOP.add(pool::handle(&mut batch, pool.cost()));
+        pool::LINES_IN_LOOP.add(pool::handle(&mut batch, pool.cost()));
         client.out.extend_from_slice(&batch);
-        return flush(client);
-    }
-    // The queue to the pool is bounded: when it is full, this client waits its turn, unread.
-    if pool.has_room(key) {
-        pool.submit(key, client.input.drain(..end).collect());
-        client.busy = true;
+        flush(client);
     } else {
-        client.queued = true;
+        pool.submit(key, batch);
     }
 }
 // ANCHOR_END: handle_lines

@@ -5,6 +5,9 @@
 //! hands a connection's complete lines to a `threadpool` as one batch; a worker runs the handler,
 //! sends the batch back down the loop's `crossbeam-channel`, and writes 1 to the loop's eventfd.
 //! The eventfd is what wakes the loop: `epoll_wait` sleeps on descriptors, not on channels.
+//!
+//! `Lines` is one connection's side of it: the bytes read and not yet handled, and whether a batch
+//! of them is out. `Pool::next_batch` cuts the next batch, and decides when a connection waits.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::EventFd;
 use support::Counter;
+
+use crate::MAX_PENDING;
 
 /// Lines the handler ran on, on a loop's thread and on a worker's.
 pub static LINES_IN_LOOP: Counter = Counter::new();
@@ -42,6 +47,38 @@ pub struct Done {
     pub key: u64,
     pub reply: Vec<u8>,
 }
+
+// ANCHOR: lines
+/// One connection's lines on their way through the handler. One batch at a time per connection:
+/// two batches of one connection on two workers could finish in either order, and so could their
+/// replies. So lines that arrive while a batch is out wait in `input` for it to come back.
+#[derive(Default)]
+pub struct Lines {
+    /// Bytes read and not yet handled: a line still without its `\n`, and lines that wait for
+    /// the batch at the pool to come back (at most ~MAX_PENDING).
+    input: Vec<u8>,
+    /// A batch of its lines is at the pool. The next batch waits for it: replies stay in order.
+    pub busy: bool,
+    /// Its next batch waits for room at the pool: read no more from it meanwhile.
+    pub queued: bool,
+}
+
+impl Lines {
+    /// Bytes just read from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+    /// Whether the loop may read more: not while the input is at its bound (a batch at the pool
+    /// holds it up), nor while the connection waits for room at the pool (back-pressure).
+    pub fn may_read(&self) -> bool {
+        self.input.len() < MAX_PENDING && !self.queued
+    }
+    /// Every line handled: nothing read is left, and no batch is out.
+    pub fn all_handled(&self) -> bool {
+        self.input.is_empty() && !self.busy
+    }
+}
+// ANCHOR_END: lines
 
 // ANCHOR: pool
 /// One loop's way to the workers and back. The workers are shared by every loop; the result
@@ -94,16 +131,40 @@ impl Pool {
         self.workers.is_none()
     }
 
-    /// Is there room for one more batch? If not, `key` waits its turn (see [`Pool::next_waiting`]).
-    pub fn has_room(&mut self, key: u64) -> bool {
-        if self.in_flight < self.limit {
-            return true;
+    // ANCHOR: next_batch
+    /// The next batch of a connection's lines for the handler, if its turn has come: not while a
+    /// batch of it is at the pool or it waits for room there. With workers, a batch goes only if
+    /// there is room; if not, the connection waits its turn, unread (see `next_waiting`).
+    pub fn next_batch(&mut self, key: u64, lines: &mut Lines, eof: bool) -> Option<Vec<u8>> {
+        if lines.busy || lines.queued {
+            return None;
         }
-        self.waiting.push_back(key);
-        false
+        // Free lines need no line ends (the echo contract: no newline needed). Costly ones are
+        // whole lines, except the last piece at EOF, or a "line" as long as the input may grow:
+        // the loop stops reading there, so it would never find its `\n`.
+        let whole = self.cost.is_zero() || eof || lines.input.len() >= MAX_PENDING;
+        let end = match lines.input.iter().rposition(|&b| b == b'\n') {
+            _ if whole => lines.input.len(),
+            Some(last) => last + 1,
+            None => 0,
+        };
+        if end == 0 {
+            return None;
+        }
+        if self.workers.is_some() {
+            // The queue to the pool is bounded: when it is full, this connection waits its turn.
+            if self.in_flight >= self.limit {
+                self.waiting.push_back(key);
+                lines.queued = true;
+                return None;
+            }
+            lines.busy = true;
+        }
+        Some(lines.input.drain(..end).collect())
     }
+    // ANCHOR_END: next_batch
 
-    /// Hands a batch to a worker; the reply comes back through [`Pool::collect`].
+    /// Hands a batch from `next_batch` to a worker; the reply comes back through `collect`.
     pub fn submit(&mut self, key: u64, mut batch: Vec<u8>) {
         let Some(workers) = &self.workers else {
             unreachable!("submit with no workers");
@@ -127,7 +188,7 @@ impl Pool {
         done
     }
 
-    /// The next connection waiting for room, once there is room again.
+    /// The next connection waiting for room, once there is room again (first come, first served).
     pub fn next_waiting(&mut self) -> Option<u64> {
         if self.in_flight < self.limit {
             self.waiting.pop_front()
