@@ -51,6 +51,11 @@ pub struct Args {
     loops: u16,
 }
 
+/// The command line, parsed.
+pub fn args() -> Args {
+    clap::Parser::parse()
+}
+
 /// What one loop is given: its listener (bound, listening), the signal mask its waits install,
 /// its way to the pool, its eventfd (which workers and the other loops write to wake it), and
 /// its part in the start.
@@ -228,14 +233,12 @@ pub fn summary(counters: &[(&str, u64)]) {
     if tally.running > 0 {
         return;
     }
+    let longest_pass = LONGEST_PASS_US.load(Ordering::Relaxed);
     let mut rows = counters.to_vec();
     rows.extend([
         ("lines handled in the loop", LINES_IN_LOOP.get()),
         ("by workers", LINES_IN_WORKERS.get()),
-        (
-            "µs longest pass of a loop",
-            LONGEST_PASS_US.load(Ordering::Relaxed),
-        ),
+        ("µs longest pass of a loop", longest_pass),
     ]);
     support::summary(&rows);
     if tally.connections.len() > 1 {

@@ -1,20 +1,14 @@
 //! # reactor: beyond one thread
 //!
-//! The epoll chapter's level-triggered loop, with a handler that costs time (`--work-us`). One
-//! thread detects events and handles them, so while it handles one client's lines every other
-//! client waits: the lecture's last warning, made visible. Then the two ways past it: a worker
-//! pool behind the loop (`--workers`, pool.rs) and one loop per core (`--loops`, loops.rs).
-//!
+//! epoll's level-triggered loop, with a handler that costs CPU: while it handles one client's
+//! lines, every other client waits. Then the two ways past that: a worker pool behind the loop
+//! (`--workers`, pool.rs), and one loop per core, all on one port (`--loops`, loops.rs):
 //! ```text
-//! cargo run -p reactor -- --work-us 1000                    # terminal 1: 1 ms of CPU a line
+//! cargo run -p reactor -- --work-us 1000                    # terminal 1 (then with --workers 4)
 //! (seq 1000; sleep 2) | cargo run -q -p client -- --follow   # terminal 2: 1000 lines at once
-//! cargo run -p client                                       # terminal 3: type a line meanwhile
-//! cargo run -p reactor -- --work-us 1000 --workers 4        # the stall is gone
-//! cargo run -p reactor -- --loops 2 -v                      # two loops, one port
+//! cargo run -p client                                       # terminal 3: a line waits for them
 //! ```
-//!
-//! Watch the summary on Ctrl-C: lines handled in the loop and by workers, the longest pass of a
-//! loop, connections per loop. Diff it: `diff epoll/src/main.rs reactor/src/main.rs`.
+//! Watch the summary on Ctrl-C. Diff it: `diff epoll/src/main.rs reactor/src/main.rs`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,7 +17,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use support::{Counter, STATS, say, trace};
@@ -36,7 +29,7 @@ use pwait::epoll_pwait;
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
-/// Back-pressure: stop reading from a client while this much of its output (or input) waits.
+/// Back-pressure: stop reading from a client while this much of its output is unsent.
 const MAX_PENDING: usize = 64 * 1024;
 /// Events fetched per wait; more stay on the kernel's ready list for the next wait.
 const MAX_EVENTS: usize = 1024;
@@ -50,7 +43,6 @@ static ADDS: Counter = Counter::new();
 static MODIFIES: Counter = Counter::new();
 static DELETES: Counter = Counter::new();
 
-// ANCHOR: client
 /// One connected client: its socket and the bytes we owe it.
 struct Client {
     stream: TcpStream,
@@ -104,23 +96,19 @@ impl Client {
         events
     }
 }
-// ANCHOR_END: client
 
 fn main() -> ExitCode {
-    let args = loops::Args::parse(); // the options are in loops.rs
+    let args = loops::args(); // the options are in loops.rs
     support::init(&args.common);
     support::finish(loops::start(&args, run))
 }
 
 fn run(me: loops::Loop) -> anyhow::Result<()> {
-    // ANCHOR: setup
     // Set-up: socket, bind and listen were done by loops::start, for every loop at once, then
     // non-blocking mode, so that accept with nothing waiting returns WouldBlock at once.
-    let listener = me.listener;
+    let (listener, wait_mask, mut pool) = (me.listener, me.wait_mask, me.pool);
     listener.set_nonblocking(true).context("set_nonblocking")?;
-    let (wait_mask, mut pool) = (me.wait_mask, me.pool); // also made by loops::start
-    // The interest list lives in the kernel: the listener goes in once, under its own key, and
-    // so does the eventfd that workers and the other loops write to wake this loop.
+    // The interest list lives in the kernel: the listener goes in once, under its own key.
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
     let listen_for = EpollFlags::EPOLLIN;
     epoll
@@ -128,17 +116,15 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
         .context("epoll_ctl(ADD, listener)")?;
     epoll
         .add(&*me.waker, EpollEvent::new(listen_for, WAKER))
-        .context("epoll_ctl(ADD, eventfd)")?;
+        .context("epoll_ctl(ADD, eventfd)")?; // and the eventfd: workers and other loops wake us
     ADDS.add(2);
     let mut spare = support::reserve_descriptor();
     me.set_up.announce(&listener)?; // once every loop holds all it needs
     let mut clients: HashMap<u64, Client> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); MAX_EVENTS];
     let mut buf = [0u8; BUF_SIZE];
-    // ANCHOR_END: setup
 
     while !support::stop_requested() {
-        // ANCHOR: wait
         // Phase 1: wait. Nothing is rebuilt: every socket was registered when it arrived, and
         // epoll_wait fills `events` with the ready ones only, each tagged with the key we gave it.
         // (epoll_pwait is epoll_wait plus a signal mask: Ctrl-C can interrupt the wait and only it.)
@@ -164,7 +150,6 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
         let writable = EpollFlags::EPOLLOUT | gone;
         let ready = &events[..n];
         let listener_ready = ready.iter().any(|event| event.data() == LISTENER);
-        // ANCHOR_END: wait
 
         // Phase 2: accept every connection waiting in the listen queue.
         if listener_ready {
@@ -173,36 +158,28 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
 
         // ANCHOR: results
         // Phase 2½: the eventfd woke us: take in the batches the workers finished. Each reply
-        // goes out after the ones before it, and its client's next batch can go to the pool.
+        // goes out, and its client's next batch goes to the pool, then those waiting for room.
         let mut touched: Vec<u64> = ready.iter().map(|event| event.data()).collect();
         if ready.iter().any(|event| event.data() == WAKER) {
             loops::woken(&epoll, &listener, LISTENER, &mut spare);
-            for done in pool.collect() {
-                let Some(client) = clients.get_mut(&done.key) else {
-                    continue; // it left while its lines were worked on
-                };
-                client.lines.busy = false;
-                client.out.extend_from_slice(&done.reply);
-                flush(client);
-                handle_lines(done.key, client, &mut pool);
-                touched.push(done.key);
-            }
+            pool.collect();
         }
-        // Batches came back, so there is room at the pool: the clients that waited for it next.
-        while let Some(key) = pool.next_waiting() {
-            if let Some(client) = clients.get_mut(&key) {
-                client.lines.queued = false;
-                handle_lines(key, client, &mut pool);
-                touched.push(key);
-            }
+        while let Some(turn) = pool.next_turn() {
+            let Some(client) = clients.get_mut(&turn.key) else {
+                continue; // it left while its lines were worked on, or waited
+            };
+            client.lines.turn_came();
+            client.out.extend_from_slice(&turn.reply);
+            flush(client);
+            handle_lines(turn.key, client, &mut pool);
+            touched.push(turn.key);
         }
         // ANCHOR_END: results
 
-        // ANCHOR: read_write
         // Phase 3: read and write, only where the kernel said the call will not block.
         for event in ready {
             let Some(client) = clients.get_mut(&event.data()) else {
-                continue; // the listener or the eventfd: done in phase 2
+                continue; // the listener or the eventfd: done above
             };
             trace!("{}: {:?}", client.peer, event.events());
             // Hung up while neither read nor written (its lines wait): nothing below would see it.
@@ -220,9 +197,7 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
                 handle_client_data(event.data(), client, &mut buf, &mut pool);
             }
         }
-        // ANCHOR_END: read_write
 
-        // ANCHOR: close
         // Phase 4: close, or update the registration. Only the clients named in this pass, or
         // given a reply (`touched`), can have changed, so only they are visited.
         for key in touched {
@@ -258,7 +233,6 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
                 loops::descriptor_freed();
             }
         }
-        // ANCHOR_END: close
     }
     loops::summary(&[
         ("level-triggered events", EVENTS.get()),
@@ -269,7 +243,6 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: handle_new_connection
 /// Accepts every waiting connection, until accept answers WouldBlock, and registers each one.
 fn handle_new_connection(
     listener: &TcpListener,
@@ -319,7 +292,7 @@ fn handle_new_connection(
                 if let Ok((_stream, peer)) = listener.accept() {
                     say!("accept: {e}; closing {peer} unserved");
                 }
-                *spare = loops::reserve_descriptor(epoll, listener, LISTENER); // or another loop's
+                *spare = loops::reserve_descriptor(epoll, listener, LISTENER); // loops race for it
                 break;
             }
             // E.g. ECONNABORTED: the client gave up before we accepted it.
@@ -330,9 +303,7 @@ fn handle_new_connection(
         }
     }
 }
-// ANCHOR_END: handle_new_connection
 
-// ANCHOR: handle_client_data
 /// Reads once from a ready client, and hands what is complete to the handler.
 fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut pool::Pool) {
     STATS.calls.add(1);
@@ -350,7 +321,6 @@ fn handle_client_data(key: u64, client: &mut Client, buf: &mut [u8], pool: &mut 
     }
     handle_lines(key, client, pool);
 }
-// ANCHOR_END: handle_client_data
 
 // ANCHOR: handle_lines
 /// Runs the handler on a client's complete lines, one batch at a time: here in the loop, where
@@ -362,14 +332,12 @@ fn handle_lines(key: u64, client: &mut Client, pool: &mut pool::Pool) {
     if pool.in_loop() {
         pool::LINES_IN_LOOP.add(pool::handle(&mut batch, pool.cost()));
         client.out.extend_from_slice(&batch);
-        flush(client);
-    } else {
-        pool.submit(key, batch);
+        return flush(client);
     }
+    pool.submit(key, batch);
 }
 // ANCHOR_END: handle_lines
 
-// ANCHOR: flush
 /// Writes as much queued output as the socket takes now; what it does not take stays queued,
 /// and the client keeps asking for EPOLLOUT until it is gone. Never waits.
 fn flush(client: &mut Client) {
@@ -390,4 +358,3 @@ fn flush(client: &mut Client) {
         }
     }
 }
-// ANCHOR_END: flush

@@ -39,14 +39,7 @@ pub fn handle(batch: &mut [u8], cost: Duration) -> u64 {
     }
     lines
 }
-
 // ANCHOR_END: handler
-
-/// A batch the handler has finished: whose it is, and its reply.
-pub struct Done {
-    pub key: u64,
-    pub reply: Vec<u8>,
-}
 
 // ANCHOR: lines
 /// One connection's lines on their way through the handler. One batch at a time per connection:
@@ -58,9 +51,9 @@ pub struct Lines {
     /// the batch at the pool to come back (at most ~MAX_PENDING).
     input: Vec<u8>,
     /// A batch of its lines is at the pool. The next batch waits for it: replies stay in order.
-    pub busy: bool,
+    busy: bool,
     /// Its next batch waits for room at the pool: read no more from it meanwhile.
-    pub queued: bool,
+    queued: bool,
 }
 
 impl Lines {
@@ -77,10 +70,22 @@ impl Lines {
     pub fn all_handled(&self) -> bool {
         self.input.is_empty() && !self.busy
     }
+    /// Its turn has come (see [`Pool::next_turn`]): no batch of it is out or waits any more.
+    pub fn turn_came(&mut self) {
+        self.busy = false;
+        self.queued = false;
+    }
 }
 // ANCHOR_END: lines
 
 // ANCHOR: pool
+/// A connection whose turn has come: its batch is back from a worker, with the reply, or there
+/// is room at the pool for the batch it waited to hand over (no reply).
+pub struct Turn {
+    pub key: u64,
+    pub reply: Vec<u8>,
+}
+
 /// One loop's way to the workers and back. The workers are shared by every loop; the result
 /// channel and the eventfd are this loop's own, so each reply comes back to the loop that owns
 /// its connection.
@@ -88,8 +93,8 @@ pub struct Pool {
     /// None: --workers 0, the handler runs in the loop.
     workers: Option<threadpool::ThreadPool>,
     cost: Duration,
-    results: Receiver<Done>,
-    sender: Sender<Done>,
+    results: Receiver<Turn>,
+    sender: Sender<Turn>,
     /// In this loop's epoll set: a worker adds 1 after each result, the loop reads it back to 0.
     waker: Arc<EventFd>,
     /// Batches at the pool: queued or being worked on; at most `limit`.
@@ -98,6 +103,8 @@ pub struct Pool {
     /// Connections with a batch ready while the pool was full, first come first served. Each is
     /// here at most once, and is not read from meanwhile: the back-pressure of a full queue.
     waiting: VecDeque<u64>,
+    /// Batches back from the workers, taken in by `collect`, for `next_turn` to hand out.
+    back: VecDeque<Turn>,
 }
 
 impl Pool {
@@ -118,6 +125,7 @@ impl Pool {
             in_flight: 0,
             limit,
             waiting: VecDeque::new(),
+            back: VecDeque::new(),
         }
     }
 
@@ -131,10 +139,9 @@ impl Pool {
         self.workers.is_none()
     }
 
-    // ANCHOR: next_batch
     /// The next batch of a connection's lines for the handler, if its turn has come: not while a
     /// batch of it is at the pool or it waits for room there. With workers, a batch goes only if
-    /// there is room; if not, the connection waits its turn, unread (see `next_waiting`).
+    /// there is room; if not, the connection waits its turn, unread (see `next_turn`).
     pub fn next_batch(&mut self, key: u64, lines: &mut Lines, eof: bool) -> Option<Vec<u8>> {
         if lines.busy || lines.queued {
             return None;
@@ -162,7 +169,6 @@ impl Pool {
         }
         Some(lines.input.drain(..end).collect())
     }
-    // ANCHOR_END: next_batch
 
     /// Hands a batch from `next_batch` to a worker; the reply comes back through `collect`.
     pub fn submit(&mut self, key: u64, mut batch: Vec<u8>) {
@@ -175,26 +181,32 @@ impl Pool {
             LINES_IN_WORKERS.add(handle(&mut batch, cost));
             // Send, then wake: the loop reads the eventfd before it empties the channel, so a
             // result sent after it looked is announced by a wake-up it has not read yet.
-            let _ = sender.send(Done { key, reply: batch });
+            let _ = sender.send(Turn { key, reply: batch });
             let _ = waker.write(1);
         });
     }
 
-    /// After the eventfd said readable: read it back to 0, then take every finished batch.
-    pub fn collect(&mut self) -> Vec<Done> {
+    /// After the eventfd said readable: read it back to 0, then take in every finished batch.
+    pub fn collect(&mut self) {
         let _ = self.waker.read();
-        let done: Vec<Done> = self.results.try_iter().collect();
-        self.in_flight -= done.len();
-        done
+        let before = self.back.len();
+        self.back.extend(self.results.try_iter());
+        self.in_flight -= self.back.len() - before;
     }
 
-    /// The next connection waiting for room, once there is room again (first come, first served).
-    pub fn next_waiting(&mut self) -> Option<u64> {
-        if self.in_flight < self.limit {
-            self.waiting.pop_front()
-        } else {
-            None
+    /// The next connection whose turn has come: first each one whose batch is back, with its
+    /// reply; then, while there is room at the pool (the replies' own next batches took theirs
+    /// first), the ones that waited for room, first come, first served.
+    pub fn next_turn(&mut self) -> Option<Turn> {
+        if let Some(turn) = self.back.pop_front() {
+            return Some(turn);
         }
+        if self.in_flight >= self.limit {
+            return None;
+        }
+        let key = self.waiting.pop_front()?;
+        let reply = Vec::new();
+        Some(Turn { key, reply })
     }
 }
 // ANCHOR_END: pool
