@@ -1,7 +1,8 @@
 //! `epoll_pwait` is to `epoll_wait` what `ppoll` is to `poll`, and `pselect` to `select`: the
 //! wait with a signal mask installed for its length, so that Ctrl-C can interrupt the wait and
-//! only it. nix 0.32 wraps epoll_wait only, so this file calls libc directly, once for both
-//! servers, `main.rs` (level-triggered) and `edge.rs`.
+//! only it. nix 0.32 wraps epoll_wait only, so this file calls libc directly, once for every
+//! server that waits in epoll: this crate's two, `main.rs` (level-triggered) and `edge.rs`, and
+//! the reactor chapter's loops, which include this file by path (`reactor/src/main.rs`).
 
 use std::os::fd::AsRawFd;
 
