@@ -78,7 +78,6 @@ impl Lines {
 }
 // ANCHOR_END: lines
 
-// ANCHOR: pool
 /// A connection whose turn has come: its batch is back from a worker, with the reply, or there
 /// is room at the pool for the batch it waited to hand over (no reply).
 pub struct Turn {
@@ -139,6 +138,7 @@ impl Pool {
         self.workers.is_none()
     }
 
+    // ANCHOR: next_batch
     /// The next batch of a connection's lines for the handler, if its turn has come: not while a
     /// batch of it is at the pool or it waits for room there. With workers, a batch goes only if
     /// there is room; if not, the connection waits its turn, unread (see `next_turn`).
@@ -169,7 +169,9 @@ impl Pool {
         }
         Some(lines.input.drain(..end).collect())
     }
+    // ANCHOR_END: next_batch
 
+    // ANCHOR: turns
     /// Hands a batch from `next_batch` to a worker; the reply comes back through `collect`.
     pub fn submit(&mut self, key: u64, mut batch: Vec<u8>) {
         let Some(workers) = &self.workers else {
@@ -208,5 +210,5 @@ impl Pool {
         let reply = Vec::new();
         Some(Turn { key, reply })
     }
+    // ANCHOR_END: turns
 }
-// ANCHOR_END: pool
