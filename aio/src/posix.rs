@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::errno::Errno;
-use nix::sys::aio::{Aio, AioRead, AioWrite, aio_suspend};
+use nix::sys::aio::{Aio, AioRead, AioWrite};
 use nix::sys::signal::SigevNotify;
 use nix::sys::time::TimeSpec;
 use support::{Counter, STATS, say, trace};
@@ -148,7 +148,7 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // wake-up pipe's read, or any client's read or write; or, while a connection waits
         // for a helper, until its time is up (EAGAIN).
         let timeout = waiting.front().map(Waiting::time_left);
-        match aio_suspend(&in_flight(&wake, &clients), timeout) {
+        match aio_suspend(&in_flight(&wake, &clients), timeout.as_ref()) {
             Ok(()) | Err(Errno::EAGAIN) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -217,6 +217,19 @@ fn in_flight<'a>(wake: &'a Op, clients: &'a [Client]) -> Vec<&'a dyn AsRef<libc:
     let ops = std::iter::once(wake).chain(clients.iter().filter_map(|c| c.op.as_ref()));
     let ops = ops.filter(|op| op.0.in_progress());
     ops.map(|op| &*op.0 as &dyn AsRef<libc::aiocb>).collect()
+}
+
+/// `aio_suspend(3)`, called directly. nix 0.32's wrapper passes glibc a pointer to its own
+/// copy of the timeout, which is gone before the call: glibc then reads whatever the stack
+/// holds there, the kernel refuses the garbage (EINVAL), and glibc aborts the process on an
+/// assertion. Here the timeout is the caller's, borrowed until the call returns.
+fn aio_suspend(list: &[&dyn AsRef<libc::aiocb>], timeout: Option<&TimeSpec>) -> nix::Result<()> {
+    let list: Vec<*const libc::aiocb> = list.iter().map(|op| (*op).as_ref() as *const _).collect();
+    let timeout = timeout.map_or(std::ptr::null(), |t| t.as_ref() as *const libc::timespec);
+    // SAFETY: each pointer is a control block of a request in flight, pinned on the heap and
+    // alive for the call; `timeout` is null or borrowed for the call.
+    let result = unsafe { libc::aio_suspend(list.as_ptr(), list.len() as libc::c_int, timeout) };
+    Errno::result(result).map(drop)
 }
 
 // ANCHOR: handle_new_connection

@@ -130,6 +130,39 @@ fn posix_makes_room_for_a_returning_client() {
     assert_eq!(n, 0, "a fifth client was served beside four");
 }
 
+/// A client waiting for a helper makes the loop wait with a timeout (aio_suspend's third
+/// argument), until the waiting client's grace runs out. That path must hold however often it
+/// runs: it once handed glibc a timeout that was no longer there (nix 0.32's aio_suspend points
+/// at a copy gone before the call), the kernel refused the garbage (EINVAL), and glibc aborted
+/// the server on its assertion in `do_aio_misc_wait` as soon as a second client connected.
+#[test]
+fn posix_waiting_clients_never_crash_the_server() {
+    let mut server = Server::start(BIN, &["--backend", "posix", "--threads", "1"]);
+    let mut held = server.connect();
+    assert_eq!(round_trip(&mut held, b"first"), b"FIRST");
+    for i in 0..50 {
+        // The newcomer waits: every helper is taken, and the loop now waits with a timeout.
+        let mut next = server.connect();
+        let msg = format!("waiting {i}");
+        std::io::Write::write_all(&mut next, msg.as_bytes()).unwrap();
+        assert_eq!(round_trip(&mut held, b"still served"), b"STILL SERVED");
+        // The held client leaves, and the newcomer is admitted and answered.
+        drop(held);
+        let mut got = vec![0u8; msg.len()];
+        let read = std::io::Read::read_exact(&mut next, &mut got);
+        assert!(
+            read.is_ok() && got == upper(msg.as_bytes()),
+            "round {i}: no reply ({read:?}); running: {}; stderr:\n{}",
+            server.is_running(),
+            server.stderr()
+        );
+        held = next;
+    }
+    assert!(server.is_running(), "{}", server.stderr());
+    let stopped = server.interrupt();
+    stopped.assert_clean();
+}
+
 /// `-v` says why a connection ended: a client that resets while the server waits to read from
 /// it is traced with the reset, on both backends (POSIX AIO reports a request's error through
 /// aio_error; aio_return only says -1).
