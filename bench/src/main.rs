@@ -12,6 +12,7 @@
 //! cargo run --release -p bench -- syscalls           # system calls per round trip (strace)
 //! cargo run --release -p bench -- report             # every table and plot of the book
 //! cargo run -p bench -- report --replot               # the same, redrawn from results.json
+//! cargo run --release -p bench -- soak --seconds 60  # adversarial clients, every server
 //! ```
 //!
 //! `readiness` times the readiness calls alone (no server). `load` starts one server binary on
@@ -36,6 +37,8 @@ mod plot;
 mod readiness;
 #[cfg(target_os = "linux")]
 mod report;
+#[cfg(target_os = "linux")]
+mod soak;
 #[cfg(target_os = "linux")]
 mod syscalls;
 #[cfg(target_os = "linux")]
@@ -90,6 +93,10 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Adversarial clients against every server (or --server), for --seconds each: random
+    /// sizes and chunking, pauses, half-closes, resets, readers that stop reading. Every echoed
+    /// reply is checked; descriptors, memory, threads and children are compared before and after.
+    Soak(soak::SoakArgs),
     /// Run every measurement and write the tables and SVG plots for the book.
     Report {
         /// A fast smoke run: few idle levels, short windows. Writes to target/measurements-quick
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
         Command::Load(load) => load::main(&load),
         Command::Syscalls(args) => syscalls::main(&args),
         Command::Latency { secs, out, bin_dir } => latency::main(secs, out, bin_dir),
+        Command::Soak(soak) => soak::main(&soak),
         Command::Report {
             quick,
             replot,
