@@ -1,8 +1,9 @@
 //! The chat room (the default): the lecture's "chat" on selectors, made into a real one.
 //!
 //! Line-based. Every line a client sends goes to everyone, the sender included, as
-//! `NAME: TEXT` (its bytes passed through as they are). `/nick NAME`, `/who` and `/quit` are
-//! commands; notices start with `* `, errors with `! `.
+//! `NAME: TEXT`: UTF-8 text as it was, but control characters shown as `cat -v` shows them
+//! (`^[` for ESC), so that nobody can clear the others' screens or retitle their terminals.
+//! `/nick NAME`, `/who` and `/quit` are commands; notices start with `* `, errors with `! `.
 //!
 //! The lesson is the broadcast: one line in, one copy queued in every member's output buffer,
 //! each written when *its* socket can take it. A member who stops reading only fills its own
@@ -279,7 +280,7 @@ impl Chat {
         let mut msg = Vec::with_capacity(client.name.len() + 3 + line.len());
         msg.extend_from_slice(client.name.as_bytes());
         msg.extend_from_slice(b": ");
-        msg.extend_from_slice(line);
+        msg.extend_from_slice(visible(line).as_bytes());
         msg.push(b'\n');
         self.broadcast(&msg);
     }
@@ -316,7 +317,10 @@ impl Chat {
                 client.leaving = true;
                 return;
             }
-            _ => format!("! unknown command {command}; try /nick NAME, /who or /quit"),
+            _ => {
+                let command = visible(command.as_bytes());
+                format!("! unknown command {command}; try /nick NAME, /who or /quit")
+            }
         };
         self.tell(fd, &reply);
     }
@@ -414,6 +418,25 @@ impl Chat {
         self.broadcast(notice.as_bytes());
     }
 }
+
+// ANCHOR: visible
+/// Text that is safe to put on someone else's terminal: invalid UTF-8 becomes U+FFFD, and
+/// every control character (C0, DEL and C1, which start the escape sequences that clear
+/// screens, move the cursor or set the window title) is shown as `cat -v` shows it: `^[` for
+/// ESC, `^?` for DEL, `M-^[` for U+009B. Every other character, 张三 included, is left as it is.
+fn visible(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match u32::from(c) {
+            code @ 0..=0x1f => out.extend(['^', char::from(code as u8 + 0x40)]),
+            0x7f => out.push_str("^?"),
+            code @ 0x80..=0x9f => out.extend(['M', '-', '^', char::from(code as u8 - 0x40)]),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+// ANCHOR_END: visible
 
 /// 1 to 32 characters, each a letter or digit (any script: names are UTF-8), '_' or '-'.
 fn valid_name(name: &str) -> bool {

@@ -67,6 +67,16 @@ impl Member {
         }
     }
 
+    /// Reads lines until one starts with `prefix`, and returns it.
+    fn until_prefix(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self.line();
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
     /// The server closed us: EOF after whatever was still queued.
     fn expect_eof(&mut self) {
         let mut rest = Vec::new();
@@ -116,6 +126,52 @@ fn protocol_on_poll() {
 #[test]
 fn protocol_on_select() {
     welcome_join_broadcast_and_leave(&["--selector", "select"]);
+}
+
+/// A member cannot drive the others' terminals: ESC, BEL, CR, backspace, DEL and the C1
+/// controls (U+0080 to U+009F, which xterm also obeys) arrive shown as `cat -v` shows them, not
+/// as themselves; invalid UTF-8 arrives as U+FFFD; real text, 张三 included, arrives unchanged.
+#[test]
+fn control_characters_never_reach_other_members() {
+    let server = Server::start(BIN, &[]);
+    let mut a = Member::join(&server);
+    let mut b = Member::join(&server);
+    a.until(&format!("* {} joined", b.name));
+    // The attack, then every byte but the newline (so invalid UTF-8 too), then every C1
+    // control as valid UTF-8, then text that must pass as it is.
+    a.send(b"\x1b[2J\x1b]0;pwned\x07hello\r\n");
+    let mut all: Vec<u8> = (0..=255u8).filter(|&b| b != b'\n').collect();
+    all.push(b'\n');
+    a.send(&all);
+    let mut c1 = String::from("c1:");
+    c1.extend((0x80..=0x9f).filter_map(char::from_u32));
+    a.send(format!("{c1} /unknown \x1b[31m\n").as_bytes());
+    a.send("张三 says hi\n".as_bytes());
+    a.send(b"/\x1b]0;pwned\x07\n");
+    let mut lines = Vec::new();
+    for _ in 0..4 {
+        let mut line = Vec::new();
+        b.reader.read_until(b'\n', &mut line).expect("read a line");
+        assert_eq!(line.pop(), Some(b'\n'), "EOF after {lines:?}");
+        lines.push(line);
+    }
+    // The unknown command's echo goes to its sender only, and is made visible there too.
+    lines.push(a.until_prefix("! unknown command").into_bytes());
+    for line in &lines {
+        let bad = line.iter().position(|&b| b < 0x20 || b == 0x7f);
+        assert_eq!(bad, None, "a control byte reached a member: {line:?}");
+        let text = std::str::from_utf8(line).expect("valid UTF-8");
+        let c1 = text.chars().find(|c| ('\u{80}'..='\u{9f}').contains(c));
+        assert_eq!(c1, None, "a C1 control reached a member: {text:?}");
+    }
+    let text = |i: usize| String::from_utf8(lines[i].clone()).unwrap();
+    assert_eq!(text(0), format!("{}: ^[[2J^[]0;pwned^Ghello", a.name));
+    assert!(text(1).contains("^@^A^B"), "{}", text(1));
+    assert!(text(1).contains("^?\u{fffd}"), "{}", text(1));
+    assert!(text(2).contains("c1:M-^@M-^A"), "{}", text(2));
+    assert!(text(2).ends_with("M-^_ /unknown ^[[31m"), "{}", text(2));
+    assert_eq!(text(3), format!("{}: 张三 says hi", a.name));
+    assert!(text(4).contains("/^[]0;pwned^G"), "{}", text(4));
 }
 
 #[test]
