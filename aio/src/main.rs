@@ -26,7 +26,7 @@
 //! Watch: the uring summary compares operations with system calls: about 1 per
 //! `io_uring_enter` with one client, 8 to 24 with 10,000 busy ones, depending on the load (`-v`
 //! prints each wake-up's completions), and with `--sqpoll` under load hardly any calls at all;
-//! and `ps -T -p $(pgrep -n aio)` shows one thread, however many clients (with `--sqpoll`, one
+//! and `ps -T -p PID` (the pid it announced) shows one thread, however many clients (with `--sqpoll`, one
 //! more: the kernel's `iou-sqp`). With `--backend posix`,
 //! `-v` prints the thread count as clients come and go, and `ps -T -o spid,comm,wchan` shows
 //! why: one helper per idle client, blocked in the kernel's TCP receive, which lingers a
@@ -59,13 +59,12 @@ struct Args {
     #[command(flatten)]
     common: support::Common,
 
-    /// Which asynchronous interface does the I/O.
-    #[arg(long, value_enum, default_value_t = Backend::Uring)]
+    /// uring (io_uring, Linux 5.6 or later) or posix (POSIX AIO, run by glibc's helper threads).
+    #[arg(long, value_enum, default_value_t = Backend::Uring, hide_possible_values = true)]
     backend: Backend,
 
-    /// posix: glibc AIO helper threads, which is also the most clients served at once (an idle
-    /// client keeps one helper blocked in read); past that, a new client waits a second for one
-    /// to leave, then is refused.
+    /// posix: helper threads, and so the most clients served at once; past that, a newcomer
+    /// waits a second for one to leave, then is refused.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     threads: u32,
 

@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use nix::sys::aio::{Aio, AioRead, AioWrite};
 use nix::sys::signal::SigevNotify;
 use nix::sys::time::TimeSpec;
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 mod wake; // the accept thread and the signal thread, which wake aio_suspend through a pipe
 use wake::{spawn_acceptor, spawn_signal_waiter};
@@ -168,7 +168,11 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // Phase 3: close: a client with no request in flight is finished.
         clients.retain(|client| {
             if client.op.is_none() {
-                trace!("{}: closed ({} threads)", client.peer, thread_count());
+                trace!(
+                    "{}: closed ({})",
+                    client.peer,
+                    count(thread_count(), "thread", "threads")
+                );
             }
             client.op.is_some()
         });
@@ -204,10 +208,13 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
     let _ = acceptor.join();
     // ANCHOR_END: shutdown
     support::summary(&[
-        ("aio_read", AIO_READS.get()),
-        ("aio_write", AIO_WRITES.get()),
-        ("peak threads", peak_threads),
-        ("refused with every helper taken", REFUSED.get()),
+        format!("{} aio_read", AIO_READS.get()),
+        format!("{} aio_write", AIO_WRITES.get()),
+        format!(
+            "at most {} at once",
+            count(peak_threads, "thread", "threads")
+        ),
+        format!("{} refused with every helper taken", REFUSED.get()),
     ]);
     failure.map_or(Ok(()), Err)
 }
@@ -265,8 +272,9 @@ fn handle_new_connection(
         STATS.connections.add(1);
         let mut client = Client::new(stream, peer);
         client.start(true);
-        let (n, threads) = (clients.len() + 1, thread_count());
-        trace!("{peer}: connected ({n} clients, {threads} threads)");
+        let n = count(clients.len() as u64 + 1, "client", "clients");
+        let threads = count(thread_count(), "thread", "threads");
+        trace!("{peer}: connected ({n}, {threads})");
         clients.push(client);
     }
 }

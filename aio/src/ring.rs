@@ -19,7 +19,7 @@ use anyhow::Context;
 use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use support::{Counter, trace};
+use support::{Counter, count, trace};
 
 /// --sqpoll: the kernel thread sleeps after this many milliseconds without a submission.
 const SQ_IDLE_MS: u32 = 10;
@@ -222,17 +222,19 @@ impl<Op: Copy> Ring<Op> {
     // ANCHOR_END: enter
 
     /// The counters for the summary, and the one line that says what they mean.
-    pub fn summary(&self, mut extra: Vec<(&'static str, u64)>) {
+    pub fn summary(&self, mut extra: Vec<String>) {
         let (ops, calls) = (SUBMISSIONS.get(), ENTERS.get());
-        extra.splice(
-            0..0,
-            [("submissions", ops), ("completions", COMPLETIONS.get())],
-        );
-        extra.insert(2, ("io_uring_enter calls", calls));
+        let mut items = vec![
+            count(ops, "submission", "submissions"),
+            count(COMPLETIONS.get(), "completion", "completions"),
+            count(calls, "io_uring_enter call", "io_uring_enter calls"),
+        ];
+        items.append(&mut extra);
         if self.sqpoll {
-            extra.push(("SQ thread wake-ups", WAKEUPS.get()));
+            let wakeups = WAKEUPS.get();
+            items.push(count(wakeups, "SQ thread wake-up", "SQ thread wake-ups"));
         }
-        support::summary(&extra);
+        support::summary(&items);
         let per_call = ops as f64 / calls.max(1) as f64;
         support::say!("{ops} operations in {calls} system calls: {per_call:.1} per io_uring_enter");
     }

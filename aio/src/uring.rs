@@ -18,7 +18,7 @@ use io_uring::{cqueue, opcode};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{SockaddrStorage, getpeername};
-use support::{STATS, say, trace};
+use support::{STATS, count, say, trace};
 
 use crate::bufring::{self, BufRing, Held};
 use crate::ring::{Ring, accept_once, accepted, stop_signal_fd};
@@ -116,7 +116,9 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         STATS.wakeups.add(1);
         let completions = server.ring.completions();
         let (n, in_flight) = (completions.len(), server.ring.in_flight());
-        trace!("{n} completions, {in_flight} operations in flight");
+        let n = count(n as u64, "completion", "completions");
+        let in_flight = count(in_flight as u64, "operation", "operations");
+        trace!("{n}, {in_flight} in flight");
 
         // Phase 2: accept, read and write all arrive here the same way, as completions, in
         // the order the kernel finished them; each may queue the connection's next operation.
@@ -126,9 +128,11 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         // ANCHOR_END: loop
     }
     server.shutdown()?;
-    server
-        .ring
-        .summary(vec![("receives without a buffer", server.bufs.ran_dry())]);
+    server.ring.summary(vec![count(
+        server.bufs.ran_dry(),
+        "receive without a buffer",
+        "receives without a buffer",
+    )]);
     Ok(())
 }
 
@@ -190,7 +194,8 @@ impl Server {
             Receive::Idle if conn.ended && conn.held.len() == 0 => {
                 let conn = self.conns[fd as usize].take().expect("checked above");
                 self.clients -= 1;
-                trace!("{}: closed ({} clients)", conn.peer, self.clients);
+                let n = count(self.clients as u64, "client", "clients");
+                trace!("{}: closed ({n})", conn.peer);
                 let entry = opcode::Close::new(Fd(conn.fd.into_raw_fd()));
                 self.ring.submit(Op::Close, entry.build());
             }
@@ -268,7 +273,8 @@ impl Server {
             _ => getpeername::<SockaddrStorage>(fd.as_raw_fd())
                 .map_or_else(|e| e.to_string(), |a| a.to_string()),
         };
-        trace!("{peer}: connected ({} clients)", self.clients);
+        let n = count(self.clients as u64, "client", "clients");
+        trace!("{peer}: connected ({n})");
         let raw = fd.as_raw_fd();
         if self.conns.len() <= raw as usize {
             self.conns.resize_with(raw as usize + 1, || None);

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Watch: with two workers the third client's line gets no answer until another client quits
-//! (Ctrl-D); `ps -T -p $(pgrep blocking)` shows the threads, `ps -f --ppid ...` the processes.
+//! (Ctrl-D); `ps -T -p PID` (the pid it announced) shows the threads, `ps -f --ppid PID` the
+//! processes.
 //!
 //! Diff it: this file has no neighbour to diff against; read `handle_client`, then compare it
 //! with `handle_client_data` in `nonblocking/src/main.rs`, where `read` may not wait.
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use nix::unistd::Pid;
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 mod fork; // --mode fork: a process per connection, and the reaping of them
 
@@ -50,8 +51,8 @@ struct Args {
     #[command(flatten)]
     common: support::Common,
 
-    /// How to serve more than one client.
-    #[arg(long, value_enum, default_value_t = Mode::Pool)]
+    /// How to serve more clients: single, thread, fork (one per client) or pool (of --workers).
+    #[arg(long, value_enum, default_value_t = Mode::Pool, hide_possible_values = true)]
     mode: Mode,
 
     /// Worker threads in the pool (`--mode pool`).
@@ -87,6 +88,8 @@ enum Mode {
 /// Clients being served right now, and the most there ever were at once.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// The most clients connected at once (`--mode pool`): served, or waiting for a worker.
+static PEAK_CONNECTED: AtomicUsize = AtomicUsize::new(0);
 /// Connections closed unserved because a limit was reached.
 static REFUSED: Counter = Counter::new();
 /// Clients that had to wait for a pool worker (`--mode pool`).
@@ -109,15 +112,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mode = args.mode;
     support::exit_on_signal(move || {
         fork::stop_children(&to_stop);
-        let peak = ("peak clients at once", PEAK.load(Ordering::Relaxed) as u64);
-        let refused = ("refused at a limit", REFUSED.get());
+        let peak = count(PEAK.load(Ordering::Relaxed) as u64, "client", "clients");
+        let peak = format!("at most {peak} served at once");
+        let refused = format!("{} refused at a limit", REFUSED.get());
         match mode {
             Mode::Single => support::summary(&[]),
             Mode::Thread => support::summary(&[peak, refused]),
             Mode::Fork => {
-                support::summary(&[peak, refused, ("children reaped", fork::REAPED.get())])
+                let reaped = count(fork::REAPED.get(), "child reaped", "children reaped");
+                support::summary(&[peak, refused, reaped])
             }
-            Mode::Pool => support::summary(&[peak, refused, ("waited for a worker", WAITED.get())]),
+            Mode::Pool => {
+                let connected = PEAK_CONNECTED.load(Ordering::Relaxed);
+                let connected = format!("at most {connected} connected at once");
+                let waited = format!("{} waited for a worker", WAITED.get());
+                support::summary(&[peak, connected, refused, waited])
+            }
         }
     })?;
 
@@ -259,6 +269,7 @@ fn serve_pool(listener: &TcpListener, mut spare: Option<File>, workers: usize, q
             continue;
         }
         let busy = in_pool.fetch_add(1, Ordering::SeqCst) >= workers;
+        PEAK_CONNECTED.fetch_max(taken + 1, Ordering::Relaxed);
         if busy {
             WAITED.add(1);
             say!(

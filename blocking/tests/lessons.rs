@@ -169,6 +169,34 @@ fn pool_queue_counts_right_in_a_burst() {
     assert_eq!(read_reply(&mut waiting, 6), b"QUEUED");
 }
 
+/// The pool's summary says what it counts: two workers serve two clients at once while a
+/// third is connected and waits; "at most 2 served" beside "at most 3 connected", not one
+/// figure that seems to have lost a client.
+#[test]
+fn pool_summary_tells_served_from_connected() {
+    let server = Server::start(BIN, &["--mode", "pool", "--workers", "2"]);
+    let mut clients = conformance::connect_many(&server, 2);
+    for c in &mut clients {
+        assert_eq!(round_trip(c, b"hi"), b"HI");
+    }
+    let _third = server.connect();
+    server.wait_for_stderr("waits in the queue");
+    let stopped = server.interrupt();
+    assert!(stopped.status.success(), "{stopped:?}");
+    for want in [
+        "summary: 3 connections,",
+        "at most 2 clients served at once",
+        "at most 3 connected at once",
+        "1 waited for a worker",
+    ] {
+        assert!(
+            stopped.stderr.contains(want),
+            "no {want:?} in:\n{}",
+            stopped.stderr
+        );
+    }
+}
+
 #[test]
 fn fork_leaves_no_child_behind_when_stopped_mid_flood() {
     // SIGTERM while clients keep arriving: the main thread is still forking children while the

@@ -264,9 +264,126 @@ pub fn sigint_prints_summary(bin: &str, args: &[&str]) {
     let stopped = server.interrupt();
     stopped.assert_clean();
     assert!(
-        stopped.stderr.contains("1 connections"),
+        stopped.stderr.contains("summary: 1 connection,"),
         "summary miscounts:\n{}",
         stopped.stderr
+    );
+}
+
+/// Ctrl-C typed on a terminal, as a student does it: the terminal echoes `^C` with no newline,
+/// and whatever the server writes next (with `-v`, a trace may come before the summary) must
+/// start on a line of its own, never after the `^C`. The server runs on a pseudo-terminal,
+/// in a session of its own with it as the controlling terminal; the check types the 0x03 byte,
+/// which makes the terminal echo `^C` and send SIGINT, as a real one does. The traces of one
+/// client's visit are checked on the way.
+pub fn ctrl_c_on_a_terminal(bin: &str, args: &[&str]) {
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).args(["-v", "127.0.0.1:0"]);
+    for stdio in [0, 1, 2] {
+        let slave = pty.slave.try_clone().expect("dup the terminal");
+        match stdio {
+            0 => cmd.stdin(slave),
+            1 => cmd.stdout(slave),
+            _ => cmd.stderr(slave),
+        };
+    }
+    // SAFETY: setsid and ioctl are async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            nix::errno::Errno::result(nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    // Only the server may hold the terminal's slave side: reading the master ends (EIO) once
+    // it exits.
+    drop((cmd, pty.slave));
+    let mut master = std::fs::File::from(pty.master);
+    let output = harness::collect(master.try_clone().expect("dup the terminal"));
+    let announced = wait_for_text(&output, "listening on", &mut child);
+    let line = announced
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap();
+    let addr = parse_announcement(line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut client = TcpStream::connect(addr).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(round_trip(&mut client, b"hi"), b"HI");
+    master.write_all(b"\x03").expect("type Ctrl-C");
+    let status = wait_with_deadline(&mut child);
+    drop(client);
+    let text = harness::text_at_eof(&output, PATIENCE);
+    assert!(
+        status.success(),
+        "exit status {status:?}; the terminal showed:\n{text}"
+    );
+    let echo = text
+        .find("^C")
+        .unwrap_or_else(|| panic!("no ^C echoed:\n{text}"));
+    let after = &text[echo + 2..];
+    assert!(
+        after.is_empty() || after.starts_with(['\r', '\n']),
+        "a line went on after the ^C:\n{text}"
+    );
+    assert!(text.contains("summary:"), "no summary:\n{text}");
+    // The traces on the way read well too: the name said once, and one client not "1 clients".
+    let name = std::path::Path::new(bin)
+        .file_name()
+        .unwrap()
+        .to_string_lossy();
+    let twice = format!("{name}: {name}:");
+    assert!(!text.contains(&twice), "the name said twice:\n{text}");
+    assert!(!text.contains(" 1 clients"), "1 clients:\n{text}");
+}
+
+/// Waits until `collected` contains `needle`; panics if the child exits or PATIENCE passes.
+fn wait_for_text(
+    collected: &harness::Collected,
+    needle: &str,
+    child: &mut std::process::Child,
+) -> String {
+    let (lock, cond) = &**collected;
+    let deadline = Instant::now() + PATIENCE;
+    let mut text = lock.lock().unwrap();
+    while !text.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero() && !text.ends_with('\u{0}'),
+            "never saw {needle:?} (exit: {:?}); got:\n{text}",
+            child.try_wait()
+        );
+        text = cond.wait_timeout(text, left).unwrap().0;
+    }
+    text.clone()
+}
+
+/// The announcement says where and who: `NAME listening on IP:PORT (pid N)`, N the server's
+/// own pid, so that `top -p N` or `strace -p N` need no `pgrep`.
+pub fn announces_its_pid(bin: &str, args: &[&str]) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .arg("127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    let read = io::BufRead::read_line(&mut io::BufReader::new(stdout), &mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("read the announcement");
+    let addr = parse_announcement(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let want = format!(" listening on {addr} (pid {})\n", child.id());
+    assert!(
+        line.ends_with(&want),
+        "want {want:?} at the end of {line:?}"
     );
 }
 
@@ -379,6 +496,14 @@ pub fn help(bin: &str) {
             "a lesson line is empty or wider than 100 columns: {line:?}"
         );
     }
+    // One form for every server: the short one, each option on one line. (clap switches
+    // `--help` to its long form when any option has more to say, such as described values.)
+    let short = run_to_exit(bin, &["-h"]);
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout),
+        stdout,
+        "--help and -h differ: say everything in the short form"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -725,6 +850,10 @@ macro_rules! suite {
             fn sigint_prints_summary() { $crate::sigint_prints_summary(BIN, ARGS) }
             #[test]
             fn sigterm_stops_cleanly() { $crate::sigterm_stops_cleanly(BIN, ARGS) }
+            #[test]
+            fn ctrl_c_on_a_terminal() { $crate::ctrl_c_on_a_terminal(BIN, ARGS) }
+            #[test]
+            fn announces_its_pid() { $crate::announces_its_pid(BIN, ARGS) }
             #[test]
             fn address_in_use() { $crate::address_in_use(BIN, ARGS) }
             #[test]

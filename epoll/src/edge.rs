@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use anyhow::Context;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use support::{STATS, say, trace};
+use support::{STATS, count, say, trace};
 
 use super::pwait::epoll_pwait;
 use super::{ADDS, Args, BUF_SIZE, DELETES, EVENTS, LISTENER, MAX_EVENTS, MAX_PENDING, MODIFIES};
@@ -200,10 +200,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // ANCHOR_END: close
     }
     support::summary(&[
-        ("edge-triggered events", EVENTS.get()),
-        ("epoll_ctl add", ADDS.get()),
-        ("modify", MODIFIES.get()),
-        ("delete", DELETES.get()),
+        count(
+            EVENTS.get(),
+            "edge-triggered event",
+            "edge-triggered events",
+        ),
+        format!("{} epoll_ctl add", ADDS.get()),
+        format!("{} modify", MODIFIES.get()),
+        format!("{} delete", DELETES.get()),
     ]);
     Ok(())
 }
@@ -236,10 +240,8 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!(
-                    "{peer}: connected ({} clients, key {key})",
-                    clients.len() + 1
-                );
+                let n = count(clients.len() as u64 + 1, "client", "clients");
+                trace!("{peer}: connected ({n}, key {key})");
                 clients.insert(key, client);
             }
             // The queue is empty: every waiting connection has been accepted.

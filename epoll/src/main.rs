@@ -33,7 +33,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 mod edge; // the edge-triggered server, with --edge
 mod pwait; // epoll_wait with a signal mask, which nix 0.32 does not wrap
@@ -245,10 +245,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         // ANCHOR_END: close
     }
     support::summary(&[
-        ("level-triggered events", EVENTS.get()),
-        ("epoll_ctl add", ADDS.get()),
-        ("modify", MODIFIES.get()),
-        ("delete", DELETES.get()),
+        count(
+            EVENTS.get(),
+            "level-triggered event",
+            "level-triggered events",
+        ),
+        format!("{} epoll_ctl add", ADDS.get()),
+        format!("{} modify", MODIFIES.get()),
+        format!("{} delete", DELETES.get()),
     ]);
     Ok(())
 }
@@ -282,10 +286,8 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!(
-                    "{peer}: connected ({} clients, key {key})",
-                    clients.len() + 1
-                );
+                let n = count(clients.len() as u64 + 1, "client", "clients");
+                trace!("{peer}: connected ({n}, key {key})");
                 clients.insert(key, client);
             }
             // The queue is empty: every waiting connection has been accepted.

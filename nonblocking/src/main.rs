@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -124,11 +124,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let now = [&STATS.wakeups, &STATS.calls, &STATS.would_block].map(Counter::get);
         if support::verbosity() > 0 && traced_at.elapsed() >= Duration::from_secs(1) {
             let [passes, calls, would_block] = [0, 1, 2].map(|i| now[i] - traced[i]);
-            trace!(
-                "{passes} passes, {calls} calls, {would_block} would-block in {:.1}s ({} sockets)",
-                traced_at.elapsed().as_secs_f64(),
-                clients.len() + 1
-            );
+            let passes = count(passes, "pass", "passes");
+            let sockets = count(clients.len() as u64 + 1, "socket", "sockets");
+            let secs = traced_at.elapsed().as_secs_f64();
+            trace!("{passes}, {calls} calls, {would_block} would-block in {secs:.1}s ({sockets})");
             (traced_at, traced) = (Instant::now(), now);
         }
         STATS.wakeups.add(1);
@@ -171,7 +170,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             EMPTY_PASSES.add(1);
         }
     }
-    support::summary(&[("passes that found nothing to do", EMPTY_PASSES.get())]);
+    let empty = count(EMPTY_PASSES.get(), "pass", "passes");
+    support::summary(&[format!("{empty} that found nothing to do")]);
     Ok(())
 }
 
@@ -192,7 +192,10 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                trace!(
+                    "{peer}: connected ({})",
+                    count(clients.len() as u64 + 1, "client", "clients")
+                );
                 clients.push(Client::new(stream, peer));
             }
             // The queue is empty: every waiting connection has been accepted.

@@ -28,7 +28,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 mod compat; // ppoll, or a stand-in where the platform has none (macOS)
 use compat::ppoll;
@@ -129,7 +129,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         WATCHED.add(pollfds.len() as u64);
         match ppoll(&mut pollfds, None, Some(wait_mask)) {
-            Ok(n) => trace!("poll: {n} ready of {} watched", clients.len() + 1),
+            Ok(n) => trace!("ppoll: {n} ready of {} watched", clients.len() + 1),
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("poll"),
         }
@@ -184,7 +184,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             !client.finished()
         });
     }
-    support::summary(&[("pollfd entries passed to poll", WATCHED.get())]);
+    support::summary(&[count(WATCHED.get(), "pollfd entry", "pollfd entries") + " passed to poll"]);
     Ok(())
 }
 
@@ -205,7 +205,10 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                trace!(
+                    "{peer}: connected ({})",
+                    count(clients.len() as u64 + 1, "client", "clients")
+                );
                 clients.push(Client::new(stream, peer));
             }
             // The queue is empty: every waiting connection has been accepted.

@@ -22,7 +22,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
     sockopt,
 };
-use support::say;
+use support::{count, say};
 
 use crate::pool::{LINES_IN_LOOP, LINES_IN_WORKERS, Pool};
 
@@ -226,7 +226,7 @@ fn tally() -> std::sync::MutexGuard<'static, Tally> {
 /// Each loop calls this as it stops, with the chapter's counters (shared by every loop). The last
 /// one to stop prints the summary, with what the pool and the loops did: by then every loop has
 /// left its loop, and the counters are final.
-pub fn summary(counters: &[(&str, u64)]) {
+pub fn summary(counters: &[String]) {
     let mut tally = tally();
     tally.connections[LOOP_ID.get()] = ACCEPTED.get();
     tally.running -= 1;
@@ -236,9 +236,9 @@ pub fn summary(counters: &[(&str, u64)]) {
     let longest_pass = LONGEST_PASS_US.load(Ordering::Relaxed);
     let mut rows = counters.to_vec();
     rows.extend([
-        ("lines handled in the loop", LINES_IN_LOOP.get()),
-        ("by workers", LINES_IN_WORKERS.get()),
-        ("µs longest pass of a loop", longest_pass),
+        count(LINES_IN_LOOP.get(), "line", "lines") + " handled in the loop",
+        format!("{} by workers", LINES_IN_WORKERS.get()),
+        format!("{longest_pass} µs longest pass of a loop"),
     ]);
     support::summary(&rows);
     if tally.connections.len() > 1 {

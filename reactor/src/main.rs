@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 mod loops; // one loop per thread, each with its own listener on one port (SO_REUSEPORT)
 mod pool; // the handler, and the workers that can run it off the loop
@@ -235,10 +235,14 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
         }
     }
     loops::summary(&[
-        ("level-triggered events", EVENTS.get()),
-        ("epoll_ctl add", ADDS.get()),
-        ("modify", MODIFIES.get()),
-        ("delete", DELETES.get()),
+        count(
+            EVENTS.get(),
+            "level-triggered event",
+            "level-triggered events",
+        ),
+        format!("{} epoll_ctl add", ADDS.get()),
+        format!("{} modify", MODIFIES.get()),
+        format!("{} delete", DELETES.get()),
     ]);
     Ok(())
 }
@@ -272,10 +276,8 @@ fn handle_new_connection(
                 }
                 STATS.connections.add(1);
                 let id = loops::accepted(); // which loop, for -v and the summary
-                trace!(
-                    "{peer}: connected to loop {id} ({} clients, key {key})",
-                    clients.len() + 1
-                );
+                let n = count(clients.len() as u64 + 1, "client", "clients");
+                trace!("{peer}: connected to loop {id} ({n}, key {key})");
                 clients.insert(key, client);
             }
             // The queue is empty: every waiting connection has been accepted.

@@ -28,7 +28,7 @@ use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::sys::select::{FD_SETSIZE, FdSet, pselect};
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -124,7 +124,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
         match pselect(None, &mut readfds, &mut writefds, None, None, &wait_mask) {
-            Ok(n) => trace!("select: {n} ready of {} watched", clients.len() + 1),
+            Ok(n) => trace!("pselect: {n} ready of {} watched", clients.len() + 1),
             Err(Errno::EINTR) => continue, // a signal arrived; the loop condition decides
             Err(e) => return Err(e).context("select"),
         }
@@ -174,7 +174,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             !client.finished()
         });
     }
-    support::summary(&[("refused past FD_SETSIZE", REFUSED.get())]);
+    support::summary(&[format!("{} refused past FD_SETSIZE", REFUSED.get())]);
     Ok(())
 }
 
@@ -206,7 +206,10 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                trace!(
+                    "{peer}: connected ({})",
+                    count(clients.len() as u64 + 1, "client", "clients")
+                );
                 clients.push(Client::new(stream, peer));
             }
             // The queue is empty: every waiting connection has been accepted.

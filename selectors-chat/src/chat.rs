@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::Context;
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, count, trace};
 
 use crate::selector::{Events, Selector};
 use crate::{BUF_SIZE, flush, handle_new_connection, refuse};
@@ -129,10 +129,7 @@ impl Client {
 }
 
 /// Runs the room until Ctrl-C; returns this mode's counters for the summary.
-pub fn run(
-    listener: TcpListener,
-    sel: Selector<Callback>,
-) -> anyhow::Result<Vec<(&'static str, u64)>> {
+pub fn run(listener: TcpListener, sel: Selector<Callback>) -> anyhow::Result<Vec<String>> {
     let mut chat = Chat {
         sel,
         listener,
@@ -150,8 +147,9 @@ pub fn run(
         // Phase 1: wait.
         let ready = chat.sel.select(None).context("select")?;
         STATS.wakeups.add(1);
+        let kind = chat.sel.kind().name();
         trace!(
-            "select: {} ready of {} watched",
+            "{kind}: {} ready of {} watched",
             ready.len(),
             chat.sel.len()
         );
@@ -167,8 +165,8 @@ pub fn run(
         chat.settle();
     }
     Ok(vec![
-        ("messages relayed", RELAYED.get()),
-        ("clients cut off", CUT_OFF.get()),
+        count(RELAYED.get(), "message", "messages") + " relayed",
+        count(CUT_OFF.get(), "client", "clients") + " cut off",
     ])
 }
 
@@ -187,10 +185,8 @@ fn accept(chat: &mut Chat, _fd: RawFd, _events: Events) {
                 break name;
             }
         };
-        trace!(
-            "{peer}: connected as {name} ({} clients)",
-            chat.clients.len() + 1
-        );
+        let n = count(chat.clients.len() as u64 + 1, "client", "clients");
+        trace!("{peer}: connected as {name} ({n})");
         chat.broadcast(format!("* {name} joined\n").as_bytes());
         let fd = stream.as_raw_fd();
         let mut client = Client::new(stream, peer, name);

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::Context;
-use support::{Counter, STATS, trace};
+use support::{Counter, STATS, count, trace};
 
 use crate::selector::{Events, Selector};
 use crate::{BUF_SIZE, flush, handle_new_connection, refuse};
@@ -89,10 +89,7 @@ impl Client {
 // ANCHOR_END: client
 
 /// Serves echo until Ctrl-C; returns this mode's counters for the summary.
-pub fn run(
-    listener: TcpListener,
-    sel: Selector<Callback>,
-) -> anyhow::Result<Vec<(&'static str, u64)>> {
+pub fn run(listener: TcpListener, sel: Selector<Callback>) -> anyhow::Result<Vec<String>> {
     let mut echo = Echo {
         sel,
         listener,
@@ -110,8 +107,9 @@ pub fn run(
         // Phase 1: wait. The selector answers with the keys that are ready, and for what.
         let ready = echo.sel.select(None).context("select")?;
         STATS.wakeups.add(1);
+        let kind = echo.sel.kind().name();
         trace!(
-            "select: {} ready of {} watched",
+            "{kind}: {} ready of {} watched",
             ready.len(),
             echo.sel.len()
         );
@@ -124,7 +122,11 @@ pub fn run(
         }
     }
     // ANCHOR_END: loop
-    Ok(vec![("interest changes", MODIFIES.get())])
+    Ok(vec![count(
+        MODIFIES.get(),
+        "interest change",
+        "interest changes",
+    )])
 }
 
 // ANCHOR: accept
@@ -135,7 +137,10 @@ fn accept(echo: &mut Echo, _fd: RawFd, _events: Events) {
             refuse(peer, e); // dropping `stream` closes it
             continue;
         }
-        trace!("{peer}: connected ({} clients)", echo.clients.len() + 1);
+        trace!(
+            "{peer}: connected ({})",
+            count(echo.clients.len() as u64 + 1, "client", "clients")
+        );
         echo.clients
             .insert(stream.as_raw_fd(), Client::new(stream, peer));
     }

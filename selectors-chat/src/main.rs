@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use selector::{Kind, Selector};
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 4096;
@@ -53,8 +53,8 @@ struct Args {
     #[arg(long)]
     echo: bool,
 
-    /// The readiness mechanism under the selector (default: the best this platform has).
-    #[arg(long, value_enum, default_value_t = Kind::best())]
+    /// The mechanism underneath: epoll (Linux), kqueue (macOS, BSD), poll or select.
+    #[arg(long, value_enum, default_value_t = Kind::best(), hide_possible_values = true)]
     selector: Kind,
 }
 
@@ -79,10 +79,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         chat::run(listener, Selector::new(kind, Some(wait_mask))?)?
     };
-    let waits = format!("{} waits", kind.name());
-    let mut all = vec![(waits.as_str(), STATS.wakeups.get())];
+    let (wait, waits) = (
+        format!("{} wait", kind.name()),
+        format!("{} waits", kind.name()),
+    );
+    let mut all = vec![count(STATS.wakeups.get(), &wait, &waits)];
     all.extend(extra);
-    all.push(("refused by the selector", REFUSED.get()));
+    all.push(format!("{} refused by the selector", REFUSED.get()));
     support::summary(&all);
     Ok(())
 }

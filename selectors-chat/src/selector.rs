@@ -172,6 +172,18 @@ impl<T: Clone> Selector<T> {
         })
     }
 
+    /// The mechanism underneath, for messages.
+    pub fn kind(&self) -> Kind {
+        match self.mechanism {
+            #[cfg(epoll)]
+            Mechanism::Epoll(_) => Kind::Epoll,
+            #[cfg(kqueue)]
+            Mechanism::Kqueue(_) => Kind::Kqueue,
+            Mechanism::Poll(_) => Kind::Poll,
+            Mechanism::Select(_) => Kind::Select,
+        }
+    }
+
     /// How many descriptors are registered.
     pub fn len(&self) -> usize {
         self.keys.len()

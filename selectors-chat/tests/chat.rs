@@ -325,7 +325,7 @@ fn a_stalled_reader_is_cut_off_and_the_room_goes_on() {
     stalled.read_to_end(&mut rest).expect("EOF, not an error");
     let stopped = server.interrupt();
     assert!(
-        stopped.stderr.contains(", 1 clients cut off"),
+        stopped.stderr.contains(", 1 client cut off,"),
         "{}",
         stopped.stderr
     );
@@ -353,10 +353,24 @@ fn one_message_fans_out_to_a_thousand() {
         stopped.stderr
     );
     assert!(
-        stopped.stderr.contains(", 1 messages relayed"),
+        stopped.stderr.contains(", 1 message relayed,"),
         "{}",
         stopped.stderr
     );
+}
+
+/// `-v` names the mechanism that really waits: epoll by default, poll when asked for it.
+#[test]
+fn traces_name_the_mechanism() {
+    for (args, want) in [
+        (&["-v"][..], "epoll: "),
+        (&["-v", "--selector", "poll"], "poll: "),
+    ] {
+        let server = Server::start(BIN, args);
+        let _a = Member::join(&server);
+        let stderr = server.wait_for_stderr(&format!("selectors-chat: {want}1 ready of"));
+        assert!(!stderr.contains("select: "), "{stderr}");
+    }
 }
 
 #[test]
@@ -369,9 +383,9 @@ fn sigint_summary_names_the_selector() {
     assert!(stopped.status.success(), "{:?}", stopped.status);
     for needle in [
         "selector: poll",
-        "1 connections",
-        " poll waits",
-        "1 messages relayed",
+        "summary: 1 connection,",
+        " poll wait",
+        "1 message relayed",
         "0 clients cut off",
     ] {
         assert!(

@@ -38,7 +38,7 @@ use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, c_long};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
-use support::{Counter, STATS, say, trace};
+use support::{Counter, STATS, count, say, trace};
 
 #[cfg(target_os = "linux")]
 mod signals; // arm a socket, block the signals, take them one at a time
@@ -244,8 +244,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     support::summary(&[
-        ("queue overflows (SIGIO) / rescans", OVERFLOWS.get()),
-        ("signals for closed descriptors", STALE.get()),
+        count(
+            OVERFLOWS.get(),
+            "queue overflow (SIGIO) / rescan",
+            "queue overflows (SIGIO) / rescans",
+        ),
+        count(STALE.get(), "signal", "signals") + " for closed descriptors",
     ]);
     Ok(())
 }
@@ -269,7 +273,10 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!("{peer}: connected ({} clients)", clients.len() + 1);
+                trace!(
+                    "{peer}: connected ({})",
+                    count(clients.len() as u64 + 1, "client", "clients")
+                );
                 // Its first bytes may have arrived before it was armed, and raised no signal:
                 // read it now, as if one had come.
                 let fd = stream.as_raw_fd();

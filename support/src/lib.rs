@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 
 use anyhow::Context;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
@@ -29,7 +29,7 @@ pub struct Common {
     #[arg(default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: SocketAddr,
 
-    /// Trace what the server does on stderr: connections, and each wake-up of its loop.
+    /// Trace each step on stderr: connections, closes, and the wake-ups of a loop if it has one.
     #[arg(short, long)]
     pub verbose: bool,
 }
@@ -90,8 +90,25 @@ macro_rules! say {
 /// several processes (the fork chapter's children) or threads never interleave mid-line.
 /// (`eprintln!` may write a line in pieces: stderr is unbuffered.)
 pub fn say_line(message: fmt::Arguments) {
-    let line = format!("{}: {message}\n", program());
+    let line = format!("{}{}: {message}\n", after_ctrl_c(), program());
     let _ = io::stderr().write_all(line.as_bytes());
+}
+
+/// A newline, once, for the first line written after Ctrl-C, if stderr is a terminal: the
+/// terminal has echoed `^C` with no newline, and the line (a trace, the summary) must not
+/// start after it. Empty otherwise. The signal counts from the moment it is pending: a server
+/// may trace the wake-up that brings it (aio's io_uring) before it takes it.
+fn after_ctrl_c() -> &'static str {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    let pending = || {
+        let stop = stop_signals();
+        pending_signals().is_ok_and(|p| stop.iter().any(|s| p.contains(s)))
+    };
+    let arrived = STOP.load(Ordering::SeqCst) != 0 || pending();
+    if !arrived || DONE.swap(true, Ordering::SeqCst) {
+        return "";
+    }
+    if io::stderr().is_terminal() { "\n" } else { "" }
 }
 
 /// The program's name as the user typed it (`select`, `poll`, ...), for messages.
@@ -146,11 +163,18 @@ pub fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
     anyhow::anyhow!("cannot listen on {addr}: {err} ({advice})")
 }
 
-/// Prints the one line that tells the user (and the tests) where the server is, and flushes it.
+/// Prints the one line that tells the user (and the tests) where the server is, and flushes it:
+/// `select listening on 127.0.0.1:8080 (pid 1234)`. The pid is there for `top -p`, `strace -p`
+/// and `ls /proc/PID/task`, so that nobody has to guess with `pgrep` on a shared machine.
 pub fn announce(listener: &TcpListener) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr().context("getsockname")?;
     let mut out = io::stdout().lock();
-    writeln!(out, "{} listening on {addr}", program())?;
+    writeln!(
+        out,
+        "{} listening on {addr} (pid {})",
+        program(),
+        std::process::id()
+    )?;
     out.flush()?;
     Ok(addr)
 }
@@ -392,10 +416,17 @@ impl fmt::Display for Bytes {
     }
 }
 
+/// `n` and the words that agree with it: `count(1, "client", "clients")` is `1 client`,
+/// `count(3, "client", "clients")` is `3 clients`. Every count a server prints goes through it.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Prints why we stopped and the summary line on stderr:
 /// `summary: 3 connections, 1.2 KiB in, 1.2 KiB out, 40 wake-ups, 95 calls, 12 would-block (12.6%), ...`
-/// followed by the chapter's own counters (`extra`), which name what its model makes visible.
-pub fn summary(extra: &[(&str, u64)]) {
+/// followed by the chapter's own counters (`extra`, each made with [`count`] where it needs a
+/// plural), which name what its model makes visible.
+pub fn summary(extra: &[String]) {
     let s = &STATS;
     let (calls, would_block) = (s.calls.get(), s.would_block.get());
     let share = if calls == 0 {
@@ -411,25 +442,24 @@ pub fn summary(extra: &[(&str, u64)]) {
         },
     };
     let mut line = format!(
-        "summary: {} connections, {} in, {} out",
-        s.connections.get(),
+        "summary: {}, {} in, {} out",
+        count(s.connections.get(), "connection", "connections"),
         Bytes(s.bytes_in.get()),
         Bytes(s.bytes_out.get()),
     );
     // A server without a loop that wakes (the blocking chapter) has nothing to say here.
     if s.wakeups.get() > 0 {
-        line.push_str(&format!(", {} wake-ups", s.wakeups.get()));
+        line.push_str(&format!(
+            ", {}",
+            count(s.wakeups.get(), "wake-up", "wake-ups")
+        ));
     }
-    line.push_str(&format!(", {calls} calls"));
+    line.push_str(&format!(", {}", count(calls, "call", "calls")));
     if s.wakeups.get() > 0 || would_block > 0 {
         line.push_str(&format!(", {would_block} would-block ({share:.1}%)"));
     }
-    for (name, value) in extra {
-        line.push_str(&format!(", {value} {name}"));
-    }
-    // After a Ctrl-C the terminal has echoed `^C` with no newline: start on a fresh line.
-    if io::stderr().is_terminal() {
-        eprintln!();
+    for item in extra {
+        line.push_str(&format!(", {item}"));
     }
     say_line(format_args!("{why}"));
     say_line(format_args!("{line}"));
@@ -472,6 +502,16 @@ mod tests {
             let err = parse_addr(garbage).unwrap_err();
             assert!(err.contains("IP:PORT") && err.contains("8080"), "{err}");
         }
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count(0, "wake-up", "wake-ups"), "0 wake-ups");
+        assert_eq!(count(1, "wake-up", "wake-ups"), "1 wake-up");
+        assert_eq!(
+            count(2, "child reaped", "children reaped"),
+            "2 children reaped"
+        );
     }
 
     #[test]
