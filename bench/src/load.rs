@@ -312,9 +312,28 @@ pub fn main(args: &LoadArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The server process.
 
+/// The servers of the workspace, by binary name.
+pub const SERVERS: &[&str] = &[
+    "blocking",
+    "nonblocking",
+    "select",
+    "poll",
+    "epoll",
+    "sigio",
+    "aio",
+    "selectors-chat",
+    "reactor",
+];
+
 /// Where the server binaries are: `--bin-dir`, or the directory holding this program (cargo
 /// puts every binary of the workspace in the same `target/<profile>/`).
 pub fn server_binary(name: &str, bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if !SERVERS.contains(&name) {
+        bail!(
+            "no server named {name:?}; the servers are {}",
+            SERVERS.join(", ")
+        );
+    }
     let dir = match bin_dir {
         Some(dir) => dir.to_path_buf(),
         None => std::env::current_exe()
@@ -375,8 +394,7 @@ fn server(args: &LoadArgs) -> anyhow::Result<Measured> {
             }
             let bin = server_binary(name, args.bin_dir.as_deref())?;
             let mut cmd = Command::new(&bin);
-            cmd.args(args.server_args.split_whitespace())
-                .arg("127.0.0.1:0");
+            cmd.args(with_room_for(args)?).arg("127.0.0.1:0");
             let server = Server::launch(cmd, None, PATIENCE).map_err(|e| anyhow!("{e}"))?;
             (server, name.clone())
         }
@@ -559,6 +577,37 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         process_known: pid.is_some(),
         summary,
     })
+}
+
+/// The server's arguments, with room for every connection of the run. blocking's thread and
+/// fork modes refuse clients past `--max-clients` (1000 unless given): raised here to what the
+/// run holds, or, if the user set it lower, the run stops before it starts, with one line.
+fn with_room_for(args: &LoadArgs) -> anyhow::Result<Vec<String>> {
+    let mut server_args: Vec<String> = args
+        .server_args
+        .split_whitespace()
+        .map(Into::into)
+        .collect();
+    let mode = server_args.iter().skip_while(|a| *a != "--mode").nth(1);
+    let limited = matches!(mode.map(String::as_str), Some("thread" | "fork"));
+    if args.server.as_deref() != Some("blocking") || !limited {
+        return Ok(server_args);
+    }
+    let needed = args.idle + args.conns;
+    let given = server_args
+        .iter()
+        .skip_while(|a| *a != "--max-clients")
+        .nth(1);
+    match given.map(|n| n.parse::<usize>()) {
+        None => server_args.extend(["--max-clients".into(), needed.max(1000).to_string()]),
+        Some(Ok(max)) if max < needed => bail!(
+            "blocking --max-clients {max} would refuse {} of the {needed} connections: raise it \
+             in --server-args, or ask for fewer",
+            needed - max
+        ),
+        Some(_) => {}
+    }
+    Ok(server_args)
 }
 
 /// The `p`th percentile (0–100) of sorted values, by the nearest-rank method: the smallest value

@@ -140,6 +140,22 @@ fn holdings(pid: i32) -> Holdings {
     }
 }
 
+/// What the server holds once it has stopped changing (two readings 300 ms apart agree), or
+/// after 5 s.
+fn steady(pid: i32) -> Holdings {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = holdings(pid);
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = holdings(pid);
+        let same = (now.fds, now.threads, now.children) == (last.fds, last.threads, last.children);
+        if same || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Waits up to 10 s for the server to let go of what its clients made it hold: descriptors,
 /// helper threads (glibc's AIO helpers linger a second) and child processes.
 fn settle(pid: i32, baseline: Holdings) -> Holdings {
@@ -222,13 +238,14 @@ fn soak_one(spec: &str, args: &SoakArgs, seed: u64) -> anyhow::Result<Report> {
     cmd.args(&server_args).arg("127.0.0.1:0");
     let server = Server::launch(cmd, None, PATIENCE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (pid, addr) = (server.pid().as_raw(), server.addr);
-    // One round trip first, so that what the first client allocates counts as the baseline.
+    // One round trip first, so that what the first client allocates counts as the baseline;
+    // it ends with the server's end-of-file, and the server is then left to tidy up.
     let mut rng = Rng::new(seed ^ hash(spec));
     let mut tally = Tally::default();
-    if let Err(e) = echo(addr, &mut rng, 1000, false) {
+    if let Err(e) = first_round_trip(addr) {
         tally.problems.push(format!("first round trip: {e}"));
     }
-    let before = settle(pid, holdings(pid));
+    let before = steady(pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     let shared = Mutex::new(tally);
@@ -331,6 +348,19 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     stream.set_read_timeout(Some(STALL))?;
     stream.set_write_timeout(Some(STALL))?;
     Ok(stream)
+}
+
+/// A plain round trip: a line, a half-close, the reply, then the server's end-of-file.
+fn first_round_trip(addr: SocketAddr) -> io::Result<()> {
+    let mut stream = connect(addr)?;
+    stream.write_all(b"soak: first round trip\n")?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    if reply != b"SOAK: FIRST ROUND TRIP\n" {
+        return Err(io::Error::other(format!("wrong reply {reply:?}")));
+    }
+    Ok(())
 }
 
 /// Sends `size` random bytes in random chunks while a second thread reads and checks the reply.

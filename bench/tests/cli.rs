@@ -42,21 +42,37 @@ fn readiness_json_has_a_positive_number_in_every_cell() {
     }
 }
 
-/// The select server beside bench: target/debug/select in a `cargo test` build. Built here if
-/// this crate's tests run on their own (`cargo test -p bench` builds only bench).
+/// The select server beside bench: target/debug/select in a `cargo test` build.
 fn select_dir() -> PathBuf {
+    server_dir("select")
+}
+
+/// The directory holding bench and the server `name` (target/debug in a `cargo test` build).
+/// The server is built here if this crate's tests run on their own (`cargo test -p bench`
+/// builds only bench).
+fn server_dir(name: &str) -> PathBuf {
     let dir = Path::new(BENCH).parent().expect("target dir").to_path_buf();
-    if !dir.join("select").is_file() {
+    if !dir.join(name).is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "select"])
+            .args(["build", "-p", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
-            .expect("run cargo build -p select");
-        assert!(status.success(), "cargo build -p select failed");
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name} failed");
     }
-    assert!(dir.join("select").is_file(), "no select binary in {dir:?}");
+    assert!(dir.join(name).is_file(), "no {name} binary in {dir:?}");
     dir
+}
+
+/// Runs bench, which must fail, and returns what it said on stderr (but the warning that a
+/// debug build measures badly).
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(BENCH).args(args).output().expect("run bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "bench {args:?} succeeded: {stderr}");
+    let said = stderr.lines().filter(|l| !l.contains("debug build"));
+    said.map(|l| format!("{l}\n")).collect()
 }
 
 #[test]
@@ -188,12 +204,7 @@ fn syscalls_without_strace_says_how_to_install_it() {
 
 #[test]
 fn a_missing_server_says_how_to_build_it() {
-    let out = Command::new(BENCH)
-        .args(["load", "--server", "no-such-server", "--secs", "0.1"])
-        .output()
-        .expect("run bench");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(&["load", "--server", "select", "--bin-dir", "/nonexistent"]);
     assert!(
         stderr.contains("cargo build --release --workspace"),
         "{stderr}"
@@ -269,6 +280,87 @@ fn load_measures_a_running_server_at_addr() {
     // The server was not ours to stop: it still serves.
     let mut c = server.connect();
     assert_eq!(conformance::round_trip(&mut c, b"still?"), b"STILL?");
+}
+
+#[test]
+fn an_unknown_server_gets_the_list_of_names() {
+    let stderr = fails(&["load", "--server", "nosuch", "--secs", "0.1"]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for name in ["blocking", "select", "epoll", "aio", "selectors-chat"] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
+    assert!(!stderr.contains("cargo build"), "{stderr}");
+}
+
+/// blocking's thread mode refuses clients past --max-clients (1000): `bench load` with more
+/// idle connections than that raises the limit for the run instead of failing with a refusal
+/// line per extra connection; a limit the user set too low stops the run with one line.
+#[test]
+fn load_makes_room_in_blocking_thread_mode() {
+    let dir = server_dir("blocking");
+    let dir = dir.to_str().unwrap();
+    let load = [
+        "load",
+        "--server",
+        "blocking",
+        "--bin-dir",
+        dir,
+        "--conns",
+        "1",
+    ];
+    let quick = ["--secs", "0.2", "--idle-secs", "0", "--json"];
+    let stderr = fails(
+        &[
+            &load[..],
+            &[
+                "--server-args",
+                "--mode thread --max-clients 5",
+                "--idle",
+                "10",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--max-clients 5"), "{stderr}");
+    let text = run(&[
+        &load[..],
+        &quick[..],
+        &["--server-args", "--mode thread", "--idle", "1000"],
+    ]
+    .concat());
+    let json = parse(&text);
+    let summary = json["server_summary"].as_str().unwrap();
+    assert!(summary.starts_with("1001 connections"), "{summary}");
+    assert!(summary.contains("0 refused"), "{summary}");
+}
+
+/// A few seconds of `bench soak` against one server: every reply verified, and the line that
+/// reports it.
+#[test]
+fn soak_smoke() {
+    let dir = select_dir();
+    let text = run(&[
+        "soak",
+        "--server",
+        "select",
+        "--seconds",
+        "3",
+        "--clients",
+        "3",
+        "--bin-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("select"))
+        .unwrap_or_else(|| panic!("no line for select: {text}"));
+    assert!(line.contains(" ok: "), "{line}");
+    assert!(line.contains("MiB verified, 0 problems"), "{line}");
+    assert!(
+        line.contains("fds ") && line.contains("stopped cleanly"),
+        "{line}"
+    );
 }
 
 #[test]
