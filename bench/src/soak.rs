@@ -57,7 +57,7 @@ pub const ALL: &[&str] = &[
     "epoll --edge",
     "sigio",
     "aio --backend uring",
-    "aio --backend posix",
+    "aio --backend posix --threads 4",
     "selectors-chat --echo",
 ];
 
@@ -140,6 +140,13 @@ fn holdings(pid: i32) -> Holdings {
     }
 }
 
+/// Has the server died (a zombie, or gone)? Then nothing more is worth trying.
+fn dead(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let state = status.lines().find_map(|l| l.strip_prefix("State:"));
+    state.is_none_or(|s| s.trim_start().starts_with('Z'))
+}
+
 /// What the server holds once it has stopped changing (two readings 300 ms apart agree), or
 /// after 5 s.
 fn steady(pid: i32) -> Holdings {
@@ -178,6 +185,8 @@ struct Tally {
     slow: u64,
     unread: u64,
     reset: u64,
+    /// Connections closed before any reply: refused at a limit, if the server said so.
+    refused: u64,
     /// Bytes of replies verified.
     verified: u64,
     problems: Vec<String>,
@@ -205,15 +214,16 @@ impl Report {
         };
         format!(
             "{:<24} {verdict}: {:.0} s, {} connections ({} echo, {} slow readers, {} half-closed \
-             unread, {} reset), {:.1} MiB verified, {} problems; fds {} -> {}, RSS {:.1} -> \
-             {:.1} MiB, threads {} -> {}, children {} -> {}; {}",
+             unread, {} reset; {} refused at a limit), {:.1} MiB verified, {} problems; fds {} -> \
+             {}, RSS {:.1} -> {:.1} MiB, threads {} -> {}, children {} -> {}; {}",
             self.spec,
             self.secs,
-            thousands(t.echo + t.slow + t.unread + t.reset),
+            thousands(t.echo + t.slow + t.unread + t.reset + t.refused),
             t.echo,
             t.slow,
             t.unread,
             t.reset,
+            t.refused,
             t.verified as f64 / 1048576.0,
             self.problems.len(),
             b.fds,
@@ -254,13 +264,16 @@ fn soak_one(spec: &str, args: &SoakArgs, seed: u64) -> anyhow::Result<Report> {
             let shared = &shared;
             let mut rng = Rng::new(rng.next() ^ i as u64);
             s.spawn(move || {
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && !dead(pid) {
                     let outcome = client(addr, &mut rng);
                     let mut t = shared.lock().unwrap_or_else(|e| e.into_inner());
                     match outcome {
                         (kind, Ok(verified)) => {
                             t.verified += verified;
                             *kind.count(&mut t) += 1;
+                        }
+                        (_, Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            t.refused += 1;
                         }
                         (kind, Err(e)) => {
                             *kind.count(&mut t) += 1;
@@ -275,6 +288,13 @@ fn soak_one(spec: &str, args: &SoakArgs, seed: u64) -> anyhow::Result<Report> {
     let tally = shared.into_inner().unwrap_or_else(|e| e.into_inner());
     let after = settle(pid, before);
     let mut problems = tally.problems.clone();
+    let announced = server.stderr().matches("refusing").count() as u64;
+    if tally.refused > announced {
+        let silent = tally.refused - announced;
+        problems.push(format!(
+            "{silent} connections closed before any reply, unannounced"
+        ));
+    }
     if after.fds > before.fds {
         problems.push(format!("{} descriptors left open", after.fds - before.fds));
     }
@@ -399,6 +419,8 @@ fn echo(addr: SocketAddr, rng: &mut Rng, size: usize, slow: bool) -> io::Result<
                     thread::sleep(Duration::from_millis(reader_rng.below(2000)));
                 }
                 let n = match reader.read(&mut buf) {
+                    Ok(0) if received == 0 => return Err(refused()),
+                    Err(e) if received == 0 && closed(&e) => return Err(refused()),
                     Ok(0) => {
                         return Err(io::Error::other(format!(
                             "end-of-file after {received} of {} bytes",
@@ -475,6 +497,21 @@ fn echo(addr: SocketAddr, rng: &mut Rng, size: usize, slow: bool) -> io::Result<
     Ok(size as u64)
 }
 
+/// A server at its limit (blocking's --max-clients, aio's --threads) closes a newcomer before
+/// answering it: counted apart, and checked against the refusals the server announced.
+fn refused() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, "closed before any reply")
+}
+
+/// The server closed the connection (end-of-file, reset, broken pipe).
+fn closed(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+    )
+}
+
 /// Writes `data` in chunks of 1 B to 64 KiB, now and then pausing up to 20 ms.
 fn send_chunked(mut stream: &TcpStream, data: &[u8], rng: &mut Rng) -> io::Result<()> {
     let mut sent = 0;
@@ -496,7 +533,7 @@ fn half_close_unread(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result
     // At most what the two kernels' buffers take without the server's reply being read, so
     // that the write cannot wait for ever on a server that rightly stops reading.
     let data = rng.bytes(size.min(64 * 1024));
-    send_chunked(&stream, &data, rng)?;
+    send_chunked(&stream, &data, rng).map_err(|e| if closed(&e) { refused() } else { e })?;
     stream.shutdown(Shutdown::Write)?;
     thread::sleep(Duration::from_millis(rng.below(200)));
     Ok(0)
@@ -507,10 +544,11 @@ fn reset(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result<u64> {
     let mut stream = connect(addr)?;
     let data = rng.bytes(size.min(64 * 1024));
     let part = rng.below(data.len() as u64 + 1) as usize;
-    send_chunked(&stream, &data[..part], rng)?;
+    let refused_if_closed = |e: io::Error| if closed(&e) { refused() } else { e };
+    send_chunked(&stream, &data[..part], rng).map_err(refused_if_closed)?;
     if part > 0 && rng.below(2) == 0 {
         let mut buf = [0u8; 1];
-        stream.read_exact(&mut buf)?;
+        stream.read_exact(&mut buf).map_err(refused_if_closed)?;
     }
     let linger = libc::linger {
         l_onoff: 1,
