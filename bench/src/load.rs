@@ -476,13 +476,18 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     };
     let rss_start_kib = status("VmRSS")?;
     // If anything below fails, say what the server said: it is usually the reason.
+    // A few lines of it: a server that refused a hundred connections said so a hundred times.
     let with_stderr = |e: anyhow::Error| {
         let said = server.as_ref().map(Server::stderr).unwrap_or_default();
-        let said = said.trim();
-        if said.is_empty() {
-            e
-        } else {
-            anyhow!("{e:#}; the server said: {said}")
+        let lines: Vec<&str> = said.trim().lines().collect();
+        match lines.len() {
+            0 => e,
+            1..=3 => anyhow!("{e:#}; the server said: {}", lines.join("\n")),
+            n => anyhow!(
+                "{e:#}; the server said: {}\n(and {} more lines)",
+                lines[..3].join("\n"),
+                n - 3
+            ),
         }
     };
 
@@ -579,33 +584,55 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     })
 }
 
-/// The server's arguments, with room for every connection of the run. blocking's thread and
-/// fork modes refuse clients past `--max-clients` (1000 unless given): raised here to what the
-/// run holds, or, if the user set it lower, the run stops before it starts, with one line.
+/// The server's arguments, with room for every connection of the run, or one line that says
+/// why there can be none. blocking serves one client at a time (`--mode single`), `--workers`
+/// at once (`pool`, the default, 4 unless given) or `--max-clients` (`thread` and `fork`, 1000
+/// unless given). That last is only a limit: raised here to what the run holds, unless the user
+/// set it. The others are what the model is: the run stops before it starts, with advice,
+/// rather than wait in vain for a reply or collect a refusal line per connection.
 fn with_room_for(args: &LoadArgs) -> anyhow::Result<Vec<String>> {
     let mut server_args: Vec<String> = args
         .server_args
         .split_whitespace()
         .map(Into::into)
         .collect();
-    let mode = server_args.iter().skip_while(|a| *a != "--mode").nth(1);
-    let limited = matches!(mode.map(String::as_str), Some("thread" | "fork"));
-    if args.server.as_deref() != Some("blocking") || !limited {
+    if args.server.as_deref() != Some("blocking") {
         return Ok(server_args);
     }
+    let value = |flag: &str| {
+        server_args
+            .iter()
+            .skip_while(|a| *a != flag)
+            .nth(1)
+            .cloned()
+    };
+    let number = |flag: &str| value(flag).and_then(|n| n.parse::<usize>().ok());
     let needed = args.idle + args.conns;
-    let given = server_args
-        .iter()
-        .skip_while(|a| *a != "--max-clients")
-        .nth(1);
-    match given.map(|n| n.parse::<usize>()) {
-        None => server_args.extend(["--max-clients".into(), needed.max(1000).to_string()]),
-        Some(Ok(max)) if max < needed => bail!(
-            "blocking --max-clients {max} would refuse {} of the {needed} connections: raise it \
-             in --server-args, or ask for fewer",
-            needed - max
+    match value("--mode").as_deref().unwrap_or("pool") {
+        "single" if needed > 1 => bail!(
+            "blocking --mode single serves one client at a time, and this run holds {needed} \
+             connections: use --mode thread, or --conns 1 --idle 0"
         ),
-        Some(_) => {}
+        "pool" => {
+            let workers = number("--workers").unwrap_or(4);
+            if needed > workers {
+                bail!(
+                    "blocking's pool serves {workers} clients at once (--workers), and this run \
+                     holds {needed} connections: the rest would wait for a worker for ever; pass \
+                     --server-args \"--workers {needed}\", or use --mode thread"
+                );
+            }
+        }
+        "thread" | "fork" => match number("--max-clients") {
+            None => server_args.extend(["--max-clients".into(), needed.max(1000).to_string()]),
+            Some(max) if max < needed => bail!(
+                "blocking --max-clients {max} would refuse {} of the {needed} connections: raise \
+                 it in --server-args, or ask for fewer",
+                needed - max
+            ),
+            Some(_) => {}
+        },
+        _ => {}
     }
     Ok(server_args)
 }

@@ -294,41 +294,32 @@ fn an_unknown_server_gets_the_list_of_names() {
 
 /// blocking's thread mode refuses clients past --max-clients (1000): `bench load` with more
 /// idle connections than that raises the limit for the run instead of failing with a refusal
-/// line per extra connection; a limit the user set too low stops the run with one line.
+/// line per extra connection. Where the limit is the model (the pool's workers) or the user's
+/// (a --max-clients given), the run stops before it starts, with one line of advice.
 #[test]
-fn load_makes_room_in_blocking_thread_mode() {
+fn load_makes_room_in_blocking_or_says_why_not() {
     let dir = server_dir("blocking");
-    let dir = dir.to_str().unwrap();
     let load = [
-        "load",
-        "--server",
-        "blocking",
-        "--bin-dir",
-        dir,
-        "--conns",
-        "1",
+        "load", "--server", "blocking", "--conns", "1", "--secs", "0.2",
     ];
-    let quick = ["--secs", "0.2", "--idle-secs", "0", "--json"];
-    let stderr = fails(
-        &[
-            &load[..],
-            &[
-                "--server-args",
-                "--mode thread --max-clients 5",
-                "--idle",
-                "10",
-            ],
-        ]
-        .concat(),
-    );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--max-clients 5"), "{stderr}");
-    let text = run(&[
+    let load = [
         &load[..],
-        &quick[..],
-        &["--server-args", "--mode thread", "--idle", "1000"],
+        &["--idle-secs", "0", "--bin-dir", dir.to_str().unwrap()],
     ]
-    .concat());
+    .concat();
+    let with = |server_args: &'static str, idle: &'static str| {
+        [&load[..], &["--server-args", server_args, "--idle", idle]].concat()
+    };
+    for (server_args, advice) in [
+        ("--mode thread --max-clients 5", "--max-clients 5"),
+        ("--mode pool", "--workers 11"),
+        ("--mode single", "--mode thread"),
+    ] {
+        let stderr = fails(&with(server_args, "10"));
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(advice), "{server_args}: {stderr}");
+    }
+    let text = run(&[&with("--mode thread", "1000")[..], &["--json"]].concat());
     let json = parse(&text);
     let summary = json["server_summary"].as_str().unwrap();
     assert!(summary.starts_with("1001 connections"), "{summary}");
