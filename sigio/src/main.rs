@@ -188,10 +188,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             // (Also a real-time signal sent by hand, `kill -SIGRTMIN+1`, which names nothing.)
             Some(_) => {
                 OVERFLOWS.add(1);
-                trace!(
-                    "SIGIO: signal queue overflowed; rescanning all {} clients",
-                    clients.len()
-                );
+                let all = count(clients.len() as u64, "client", "clients");
+                trace!("SIGIO: signal queue overflowed; rescanning {all}");
                 listener_ready = true;
                 ready.extend(clients.keys().map(|&fd| (fd, READABLE | WRITABLE)));
             }
