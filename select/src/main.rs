@@ -206,10 +206,8 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!(
-                    "{peer}: connected ({})",
-                    count(clients.len() as u64 + 1, "client", "clients")
-                );
+                let n = count(clients.len() as u64 + 1, "client", "clients");
+                trace!("{peer}: connected ({n})");
                 clients.push(Client::new(stream, peer));
             }
             // The queue is empty: every waiting connection has been accepted.

@@ -137,10 +137,8 @@ fn accept(echo: &mut Echo, _fd: RawFd, _events: Events) {
             refuse(peer, e); // dropping `stream` closes it
             continue;
         }
-        trace!(
-            "{peer}: connected ({})",
-            count(echo.clients.len() as u64 + 1, "client", "clients")
-        );
+        let n = count(echo.clients.len() as u64 + 1, "client", "clients");
+        trace!("{peer}: connected ({n})");
         echo.clients
             .insert(stream.as_raw_fd(), Client::new(stream, peer));
     }

@@ -271,10 +271,8 @@ fn handle_new_connection(
                     continue;
                 }
                 STATS.connections.add(1);
-                trace!(
-                    "{peer}: connected ({})",
-                    count(clients.len() as u64 + 1, "client", "clients")
-                );
+                let n = count(clients.len() as u64 + 1, "client", "clients");
+                trace!("{peer}: connected ({n})");
                 // Its first bytes may have arrived before it was armed, and raised no signal:
                 // read it now, as if one had come.
                 let fd = stream.as_raw_fd();
