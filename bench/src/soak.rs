@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use conformance::Server;
 use conformance::harness::status_field;
+use conformance::{Rng, Server};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -59,6 +59,8 @@ pub const ALL: &[&str] = &[
     "aio --backend uring",
     "aio --backend posix --threads 4",
     "selectors-chat --echo",
+    "reactor",
+    "reactor --workers 4 --loops 2",
 ];
 
 #[derive(Clone, Debug, clap::Args)]
@@ -262,7 +264,7 @@ fn soak_one(spec: &str, args: &SoakArgs, seed: u64) -> anyhow::Result<Report> {
     thread::scope(|s| {
         for i in 0..args.clients {
             let shared = &shared;
-            let mut rng = Rng::new(rng.next() ^ i as u64);
+            let mut rng = Rng::new(rng.next_u64() ^ i as u64);
             s.spawn(move || {
                 while Instant::now() < deadline && !dead(pid) {
                     let outcome = client(addr, &mut rng);
@@ -354,7 +356,7 @@ impl Kind {
 
 /// One connection of a randomly chosen kind; Ok(bytes verified) or what went wrong.
 fn client(addr: SocketAddr, rng: &mut Rng) -> (Kind, io::Result<u64>) {
-    let size = rng.size();
+    let size = message_size(rng);
     match rng.below(8) {
         0..=3 => (Kind::Echo, echo(addr, rng, size, false)),
         4 | 5 => (Kind::SlowReader, echo(addr, rng, size, true)),
@@ -389,19 +391,16 @@ fn echo(addr: SocketAddr, rng: &mut Rng, size: usize, slow: bool) -> io::Result<
     let data = rng.bytes(size);
     let expected = data.to_ascii_uppercase();
     let half_close = rng.below(2) == 0;
-    let mut writer_rng = Rng::new(rng.next());
+    let mut writer_rng = Rng::new(rng.next_u64());
     // A slow reader stops reading twice, at random points of the reply, for up to 2 s each.
     let mut pauses: Vec<usize> = if slow {
-        vec![
-            rng.below(size as u64) as usize,
-            rng.below(size as u64) as usize,
-        ]
+        vec![rng.below(size), rng.below(size)]
     } else {
         Vec::new()
     };
     pauses.sort_unstable_by(|a, b| b.cmp(a));
     let mut reader = stream.try_clone()?;
-    let mut reader_rng = Rng::new(rng.next());
+    let mut reader_rng = Rng::new(rng.next_u64());
     thread::scope(|s| {
         let sent = s.spawn(|| -> io::Result<()> {
             send_chunked(&stream, &data, &mut writer_rng)?;
@@ -416,7 +415,7 @@ fn echo(addr: SocketAddr, rng: &mut Rng, size: usize, slow: bool) -> io::Result<
             while received < expected.len() {
                 while pauses.last().is_some_and(|&at| at <= received) {
                     pauses.pop();
-                    thread::sleep(Duration::from_millis(reader_rng.below(2000)));
+                    thread::sleep(Duration::from_millis(reader_rng.below(2000) as u64));
                 }
                 let n = match reader.read(&mut buf) {
                     Ok(0) if received == 0 => return Err(refused()),
@@ -517,11 +516,11 @@ fn send_chunked(mut stream: &TcpStream, data: &[u8], rng: &mut Rng) -> io::Resul
     let mut sent = 0;
     while sent < data.len() {
         let bits = rng.below(17);
-        let chunk = (1 + rng.below(1 << bits) as usize).min(data.len() - sent);
+        let chunk = (1 + rng.below(1 << bits)).min(data.len() - sent);
         stream.write_all(&data[sent..sent + chunk])?;
         sent += chunk;
         if rng.below(16) == 0 {
-            thread::sleep(Duration::from_millis(rng.below(20)));
+            thread::sleep(Duration::from_millis(rng.below(20) as u64));
         }
     }
     Ok(())
@@ -535,7 +534,7 @@ fn half_close_unread(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result
     let data = rng.bytes(size.min(64 * 1024));
     send_chunked(&stream, &data, rng).map_err(|e| if closed(&e) { refused() } else { e })?;
     stream.shutdown(Shutdown::Write)?;
-    thread::sleep(Duration::from_millis(rng.below(200)));
+    thread::sleep(Duration::from_millis(rng.below(200) as u64));
     Ok(0)
 }
 
@@ -543,7 +542,7 @@ fn half_close_unread(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result
 fn reset(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result<u64> {
     let mut stream = connect(addr)?;
     let data = rng.bytes(size.min(64 * 1024));
-    let part = rng.below(data.len() as u64 + 1) as usize;
+    let part = rng.below(data.len() + 1);
     let refused_if_closed = |e: io::Error| if closed(&e) { refused() } else { e };
     send_chunked(&stream, &data[..part], rng).map_err(refused_if_closed)?;
     if part > 0 && rng.below(2) == 0 {
@@ -558,36 +557,10 @@ fn reset(addr: SocketAddr, rng: &mut Rng, size: usize) -> io::Result<u64> {
     Ok(0)
 }
 
-/// splitmix64: small, fast, and reproducible from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in 0..n (0 for n = 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    /// A message size from 1 B to 1 MiB, spread evenly over the powers of two.
-    fn size(&mut self) -> usize {
-        let bits = self.below(21);
-        (1 + self.below(1 << bits) as usize).min(MAX_SIZE)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
+/// A message size from 1 B to 1 MiB, spread evenly over the powers of two.
+fn message_size(rng: &mut Rng) -> usize {
+    let bits = rng.below(21);
+    (1 + rng.below(1 << bits)).min(MAX_SIZE)
 }
 
 fn hash(s: &str) -> u64 {
