@@ -55,7 +55,7 @@ static MODIFIES: Counter = Counter::new();
 static DELETES: Counter = Counter::new();
 
 /// An echo server that waits in epoll(7): register each socket once, get only the ready ones back.
-/// Level-triggered by default; --edge shows edge-triggered, faster to wake and harder to get right.
+/// Level-triggered by default; --edge is edge-triggered: fewer reports, harder to get right.
 #[derive(Parser)]
 #[command(verbatim_doc_comment)]
 struct Args {
