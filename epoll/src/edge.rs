@@ -199,12 +199,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         // ANCHOR_END: close
     }
+    let events = EVENTS.get();
     support::summary(&[
-        count(
-            EVENTS.get(),
-            "edge-triggered event",
-            "edge-triggered events",
-        ),
+        count(events, "edge-triggered event", "edge-triggered events"),
         format!("{} epoll_ctl add", ADDS.get()),
         format!("{} modify", MODIFIES.get()),
         format!("{} delete", DELETES.get()),

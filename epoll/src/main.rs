@@ -244,12 +244,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         // ANCHOR_END: close
     }
+    let events = EVENTS.get();
     support::summary(&[
-        count(
-            EVENTS.get(),
-            "level-triggered event",
-            "level-triggered events",
-        ),
+        count(events, "level-triggered event", "level-triggered events"),
         format!("{} epoll_ctl add", ADDS.get()),
         format!("{} modify", MODIFIES.get()),
         format!("{} delete", DELETES.get()),

@@ -234,12 +234,9 @@ fn run(me: loops::Loop) -> anyhow::Result<()> {
             }
         }
     }
+    let events = EVENTS.get();
     loops::summary(&[
-        count(
-            EVENTS.get(),
-            "level-triggered event",
-            "level-triggered events",
-        ),
+        count(events, "level-triggered event", "level-triggered events"),
         format!("{} epoll_ctl add", ADDS.get()),
         format!("{} modify", MODIFIES.get()),
         format!("{} delete", DELETES.get()),
