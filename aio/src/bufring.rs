@@ -170,9 +170,10 @@ impl BufRing {
         std::mem::take(&mut self.waiting)
     }
 
-    /// How many receives found the pool empty.
-    pub fn ran_dry(&self) -> u64 {
-        self.ran_dry
+    /// How many receives found the pool empty, for the summary.
+    pub fn ran_dry(&self) -> String {
+        let n = self.ran_dry;
+        support::count(n, "receive without a buffer", "receives without a buffer")
     }
 
     // ANCHOR: give_back
