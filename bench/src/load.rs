@@ -30,7 +30,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use conformance::harness::{clock_ticks, parse_stat_cpu, process_cpu_seconds, status_field};
+use conformance::harness::{
+    clock_ticks, cpu_share, parse_stat_cpu, process_cpu_seconds, status_field,
+};
 use conformance::{Server, json_string, summary_line};
 use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -503,13 +505,11 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     }
 
     // 2. CPU while everything is silent.
-    let idle_cpu_share = if args.idle_secs > 0.0 && pid.is_some() {
-        let before = cpu()?;
-        let started = Instant::now();
-        thread::sleep(Duration::from_secs_f64(args.idle_secs)); // the window itself
-        (cpu()? - before) / started.elapsed().as_secs_f64()
-    } else {
-        f64::NAN
+    let idle_cpu_share = match pid {
+        Some(pid) if args.idle_secs > 0.0 => {
+            cpu_share(pid, Duration::from_secs_f64(args.idle_secs)).context("/proc/PID/stat")?
+        }
+        _ => f64::NAN,
     };
 
     // 3. The load.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::harness::{Rng, process_cpu_seconds, raise_descriptor_limit, status_field};
+use crate::harness::{Rng, cpu_share, raise_descriptor_limit, status_field};
 
 /// Every check, in the order the checker runs them. The last three need the server's process.
 pub const NAMES: &[&str] = &[
@@ -813,12 +813,7 @@ pub fn idle_cpu_share(
             .map_err(|e| fail(format!("idle client {i}: {e}"), HINT_CONCURRENT))?;
         compare(msg.as_bytes(), &got, &t.expect(msg.as_bytes()), t)?;
     }
-    let cpu = || process_cpu_seconds(pid).map_err(|e| fail(format!("/proc/{pid}/stat: {e}"), ""));
-    let before = cpu()?;
-    let started = Instant::now();
-    thread::sleep(window); // the measurement window itself, not a synchronisation
-    let used = cpu()? - before;
-    Ok(used / started.elapsed().as_secs_f64())
+    cpu_share(pid, window).map_err(|e| fail(format!("/proc/{pid}/stat: {e}"), ""))
 }
 
 /// CPU while 100 clients sit idle: ~0 for a server that sleeps in the kernel.

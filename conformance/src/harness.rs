@@ -378,6 +378,15 @@ pub fn process_cpu_seconds(pid: Pid) -> std::io::Result<f64> {
     parse_stat_cpu(&stat, clock_ticks()).ok_or_else(|| std::io::Error::other("/proc/PID/stat"))
 }
 
+/// The share of one core a process uses over `window`: CPU seconds before and after a sleep
+/// that is the measurement window itself, not a synchronisation.
+pub fn cpu_share(pid: Pid, window: Duration) -> std::io::Result<f64> {
+    let before = process_cpu_seconds(pid)?;
+    let started = Instant::now();
+    thread::sleep(window);
+    Ok((process_cpu_seconds(pid)? - before) / started.elapsed().as_secs_f64())
+}
+
 pub fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()

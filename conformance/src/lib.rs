@@ -635,13 +635,9 @@ pub fn back_pressure(bin: &str, args: &[&str], mib: usize) {
     );
 }
 
-/// The share of one core the server uses over `window` (the measurement window itself, not a
-/// synchronisation).
+/// The share of one core the server uses over `window`.
 fn cpu_share(server: &Server, window: Duration) -> f64 {
-    let before = cpu_seconds(server.pid());
-    let started = Instant::now();
-    thread::sleep(window);
-    (cpu_seconds(server.pid()) - before) / started.elapsed().as_secs_f64()
+    harness::cpu_share(server.pid(), window).expect("read /proc/PID/stat")
 }
 
 /// Sends 64 KiB writes of `byte` without reading, until one cannot finish within `stall`: the
