@@ -314,6 +314,10 @@ pub fn ctrl_c_on_a_terminal(bin: &str, args: &[&str]) {
     let mut client = TcpStream::connect(addr).expect("connect");
     client.set_read_timeout(Some(PATIENCE)).unwrap();
     assert_eq!(round_trip(&mut client, b"hi"), b"HI");
+    // The visit's last traces may still be on their way (a completion after the reply): a
+    // line the server had begun before the ^C would run on after it, as on a real terminal.
+    // The test is of the lines after the ^C, so it lets the server finish first.
+    settle(&output, child.id());
     master.write_all(b"\x03").expect("type Ctrl-C");
     let status = wait_with_deadline(&mut child);
     drop(client);
@@ -339,6 +343,34 @@ pub fn ctrl_c_on_a_terminal(bin: &str, args: &[&str]) {
     let twice = format!("{name}: {name}:");
     assert!(!text.contains(&twice), "the name said twice:\n{text}");
     assert!(!text.contains(" 1 clients"), "1 clients:\n{text}");
+}
+
+/// Waits until every thread of `pid` sleeps and `collected` has not grown since the last look:
+/// a server that has finished writing. Gives up after a second (a busy loop never sleeps).
+fn settle(collected: &harness::Collected, pid: u32) {
+    let asleep = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            state == Some("S")
+        })
+    };
+    let length = || collected.0.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut seen = length();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20)); // polling interval
+        let now = length();
+        if now == seen && asleep() {
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// Waits until `collected` contains `needle`; panics if the child exits or PATIENCE passes.
