@@ -23,16 +23,17 @@ use support::{Counter, count, trace};
 
 /// --sqpoll: the kernel thread sleeps after this many milliseconds without a submission.
 const SQ_IDLE_MS: u32 = 10;
-/// --sqpoll: how long the loop watches the completion ring before it sleeps in the kernel.
-/// Longer than a loopback round trip, so that a busy server finds its next completion within
-/// it; short, because on a machine with few cores the spinning thread takes a core that the
-/// clients and the SQ thread need (measured: 1 ms often made round trips slower, not faster).
-/// No watch we tried kept both our CPU and our system calls low on two shared cores (bench
-/// load, 50 clients; bench syscalls, lockstep): none, 1 µs of CPU per round trip but 0.5-0.9
-/// calls; 20 µs, 2.2 µs but 0.4-0.7 calls for one client; 4 times the usual wait, 2.5-3.2 µs but
-/// up to 0.23 calls; none for 1, 2, 4... waits after a fruitless one, up to 1.1 calls. This one
-/// costs 4-15 µs (the plain ring 2-4) and makes 0.002-0.23 calls, mostly the fewest: SQPOLL's point.
-const SPIN: Duration = Duration::from_micros(200);
+/// --sqpoll: the loop watches the completion ring before it sleeps in the kernel, and tunes
+/// the watch to sleep about once per this many completions (an echo round trip makes two).
+/// A fixed watch cannot serve both a busy server and a lockstep client on two shared cores:
+/// 200 µs made 0.005 calls per round trip under load but spun 4.4 µs of CPU per round trip
+/// (the plain ring: 3.8 µs), taking the core the clients need; 5 µs spun 1.5 µs but made 0.1
+/// calls under load and 0.5-0.9 for lockstep clients.
+const COMPLETIONS_PER_SLEEP: i64 = 32;
+/// The watch's bounds. A silence longer than the longest watch is not traffic: it is not
+/// counted against the allowance of sleeps.
+const WATCH_MIN: Duration = Duration::from_micros(2);
+const WATCH_MAX: Duration = Duration::from_millis(1);
 
 /// Operations handed to the kernel, completions it returned, the system calls that took, and
 /// the times the SQ thread had to be woken.
@@ -53,6 +54,10 @@ pub struct Ring<Op> {
     retired: Vec<usize>,
     /// Completions taken off the ring and not yet handled.
     completions: Vec<cqueue::Entry>,
+    /// --sqpoll: how long the next wait watches the completion ring, and the sleeps still
+    /// allowed (completions since, over COMPLETIONS_PER_SLEEP, less the sleeps taken).
+    watch: Duration,
+    spare: i64,
 }
 
 impl<Op: Copy> Ring<Op> {
@@ -85,6 +90,8 @@ impl<Op: Copy> Ring<Op> {
                     free,
                     retired,
                     completions,
+                    watch: WATCH_MIN,
+                    spare: 0,
                 });
             }
             Err(err) => err,
@@ -153,20 +160,41 @@ impl<Op: Copy> Ring<Op> {
 
     // ANCHOR: wait
     /// Hands over what is queued and, unless completions are already waiting, sleeps until at
-    /// least one arrives. With --sqpoll, first watch the completion ring for up to SPIN: under
-    /// load something arrives, and no system call is made at all.
+    /// least one arrives (with --sqpoll, watches first).
     pub fn wait(&mut self) -> io::Result<()> {
-        let mut want = usize::from(self.completions.is_empty());
-        if want == 1 && self.sqpoll {
-            not_busy(self.enter(0))?; // free, unless the SQ thread sleeps and must be woken
-            let until = Instant::now() + SPIN;
-            while self.ring.completion().is_empty() && Instant::now() < until {
-                std::hint::spin_loop();
-            }
-            want = usize::from(self.ring.completion().is_empty());
+        match (self.completions.is_empty(), self.sqpoll) {
+            (false, _) => not_busy(self.enter(0))?,
+            (true, false) => not_busy(self.enter(1))?,
+            (true, true) => self.watch_then_sleep()?,
         }
-        not_busy(self.enter(want))?;
         self.reap();
+        Ok(())
+    }
+
+    /// --sqpoll: watch the completion ring before sleeping: under load something arrives, and
+    /// no system call is made at all. A sleep after a watch that ran out spends
+    /// COMPLETIONS_PER_SLEEP from `spare`; while that is overspent, each such sleep makes the
+    /// watch half as long again, and while it is not, each fruitful watch shortens it by 1/16.
+    fn watch_then_sleep(&mut self) -> io::Result<()> {
+        not_busy(self.enter(0))?; // free, unless the SQ thread sleeps and must be woken
+        let start = Instant::now();
+        while self.ring.completion().is_empty() && start.elapsed() < self.watch {
+            std::hint::spin_loop();
+        }
+        if !self.ring.completion().is_empty() {
+            if self.spare > 0 {
+                self.watch = (self.watch - self.watch / 16).max(WATCH_MIN);
+            }
+            return Ok(());
+        }
+        let asleep = Instant::now();
+        not_busy(self.enter(1))?;
+        if asleep.elapsed() < WATCH_MAX {
+            self.spare -= COMPLETIONS_PER_SLEEP;
+            if self.spare < 0 {
+                self.watch = (self.watch * 3 / 2).min(WATCH_MAX);
+            }
+        }
         Ok(())
     }
     // ANCHOR_END: wait
@@ -174,7 +202,10 @@ impl<Op: Copy> Ring<Op> {
     fn reap(&mut self) {
         let before = self.completions.len();
         self.completions.extend(self.ring.completion());
-        COMPLETIONS.add((self.completions.len() - before) as u64);
+        let taken = self.completions.len() - before;
+        COMPLETIONS.add(taken as u64);
+        // The allowance is short-lived: a busy minute does not pay for a spinning-free next one.
+        self.spare = (self.spare + taken as i64).min(8 * COMPLETIONS_PER_SLEEP);
     }
 
     /// The completions taken so far, each with its operation, its result and its flags. A

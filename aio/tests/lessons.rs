@@ -301,3 +301,48 @@ fn sqpoll_refused_says_so() {
     assert!(stderr.contains("without --sqpoll"), "no way out:\n{stderr}");
     assert!(out.stdout.is_empty(), "announced although set-up failed");
 }
+
+/// 4 clients making 1,000 lockstep round trips each, and the io_uring_enter calls the server
+/// counted (bench syscalls checks that count against strace's).
+fn enter_calls_per_round_trip(args: &[&str]) -> f64 {
+    let server = Server::start(BIN, args);
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = server.connect();
+            std::thread::spawn(move || {
+                for n in 0..1_000 {
+                    let msg = format!("client {i} line {n}");
+                    assert_eq!(round_trip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    let stopped = server.interrupt();
+    stopped.assert_clean();
+    let calls = stopped
+        .stderr
+        .lines()
+        .flat_map(|line| line.split(", "))
+        .find_map(|part| part.strip_suffix(" io_uring_enter calls"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no io_uring_enter count:\n{}", stopped.stderr));
+    calls as f64 / 4_000.0
+}
+
+/// With --sqpoll the kernel thread takes the submissions, and the loop watches the completion
+/// ring long enough to sleep about once per 16 round trips: far fewer calls than the plain
+/// ring, which makes one per wait.
+#[test]
+fn sqpoll_makes_almost_no_system_calls() {
+    let _alone = conformance::heavy_lock();
+    let plain = enter_calls_per_round_trip(&["--backend", "uring"]);
+    let sqpoll = enter_calls_per_round_trip(&["--backend", "uring", "--sqpoll"]);
+    eprintln!("io_uring_enter per round trip: {plain:.3} plain, {sqpoll:.3} with --sqpoll");
+    assert!(
+        sqpoll < 0.15 && sqpoll < plain / 2.0,
+        "--sqpoll made {sqpoll:.3} calls per round trip, the plain ring {plain:.3}"
+    );
+}
