@@ -28,10 +28,12 @@ LINES = [
     (r"- kernel: (.+)", r"- 内核：\1"),
     (
         r"- load: (\d+) active connections doing closed-loop round trips of (\d+) bytes for (\S+) s "
-        r"per cell, beside 0 to (\S+) idle connections; CPU at idle measured over (\S+) s; one "
-        r"load-generator thread on epoll, on the same machine",
+        r"per cell, beside 0 to (\S+) idle connections; CPU at idle measured over (\S+) s; the busy "
+        r"table, (\d+) connections of (\d+) bytes and none idle; one load-generator thread on "
+        r"epoll, on the same machine",
         r"- 负载：\1 个活跃连接做 \2 字节的闭环往返，每格 \3 秒，旁边另有 0 到 \4 个空闲连接；"
-        r"空闲时的 CPU 在 \5 秒内测量；负载生成器是同一台机器上的一个 epoll 线程",
+        r"空闲时的 CPU 在 \5 秒内测量；繁忙表是 \6 个 \7 字节的连接，没有空闲连接；"
+        r"负载生成器是同一台机器上的一个 epoll 线程",
     ),
     (
         r"Every figure comes from one command: (`[^`]+`)\. Expect a few percent of noise between "
@@ -144,6 +146,15 @@ LINES = [
         r"这些调用的计数相比较，按每次往返计。",
     ),
     (
+        r"(\d+) connections, each sending (\d+) B as soon as its last reply is back, no idle ones: "
+        r"round trips per second, the server's own CPU per round trip \(SQPOLL's kernel thread "
+        r"apart\), that thread's CPU, the (`io_uring_enter`) calls the server counted per round "
+        r"trip, and the load generator's share of a core:",
+        r"\1 个连接，每个在上一个回复回来后立刻发送 \2 B，没有空闲连接：每秒往返次数、每次往返"
+        r"服务器自己的 CPU（SQPOLL 的内核线程单独计算）、那个线程的 CPU、服务器自己统计的每次"
+        r"往返的 \3 调用数，以及负载生成器占一个核的比例：",
+    ),
+    (
         r"Server CPU under load, share of one core \(the load generator's own share in brackets; "
         r"it runs on the other core\):",
         r"负载下服务器的 CPU 占一个核的比例（括号里是负载生成器自己的比例；它在另一个核上"
@@ -203,6 +214,10 @@ WORDS = {
     "p99 latency of a light client beside a heavy one": "繁重客户端旁边一个轻量客户端的 p99 延迟",
     "p99 round trip (ms)": "p99 往返 (ms)",
     "round trips/s": "往返次数/秒",
+    "server CPU per round trip (µs)": "每次往返的服务器 CPU (µs)",
+    "SQ thread CPU (s)": "SQ 线程 CPU (s)",
+    "io_uring_enter per round trip": "每次往返的 io_uring_enter",
+    "load generator": "负载生成器",
     "System calls per round trip (strace -f -c)": "每次往返的系统调用数（strace -f -c）",
     "system calls per round trip": "每次往返的系统调用数",
     "system calls": "系统调用数",
