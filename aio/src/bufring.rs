@@ -51,8 +51,9 @@ pub struct BufRing {
     tail: u16,
     /// Buffers the kernel has given us and we have not yet returned.
     held: usize,
-    /// Connections whose receive found the pool empty (ENOBUFS), and how many times that was.
-    waiting: Vec<RawFd>,
+    /// Connections whose receive found the pool empty (ENOBUFS), first come first, and how
+    /// many times that was.
+    waiting: VecDeque<RawFd>,
     ran_dry: u64,
 }
 
@@ -91,7 +92,7 @@ impl BufRing {
         }
         // Zeroed, so these pages stay out of RSS until a receive writes to them.
         let bufs = vec![0u8; usize::from(count) * size];
-        let (tail, held, waiting, ran_dry) = (0, usize::from(count), Vec::new(), 0);
+        let (tail, held, waiting, ran_dry) = (0, usize::from(count), VecDeque::new(), 0);
         let mut pool = BufRing {
             entries,
             layout,
@@ -161,13 +162,17 @@ impl BufRing {
 
     /// Connection `fd`'s receive found the pool empty: it waits for a buffer to come back.
     pub fn wait_for_one(&mut self, fd: RawFd) {
-        self.waiting.push(fd);
+        self.waiting.push_back(fd);
         self.ran_dry += 1;
     }
 
-    /// The connections waiting for a buffer; they wait no longer.
+    /// The connections that waited longest, one per buffer not in our hands; they wait no
+    /// longer. Not all of them: one returned buffer can serve one receive, and the others
+    /// would find the pool empty again (with 40 waiting, ~8 futile receives per buffer).
     pub fn waiting(&mut self) -> Vec<RawFd> {
-        std::mem::take(&mut self.waiting)
+        let free = usize::from(self.count) - self.held;
+        let n = free.min(self.waiting.len());
+        self.waiting.drain(..n).collect()
     }
 
     /// How many receives found the pool empty, for the summary.
@@ -209,5 +214,31 @@ impl Drop for BufRing {
             // SAFETY: allocated in `new` with this layout; the ring that used it is gone.
             unsafe { dealloc(self.entries.cast(), self.layout) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One buffer free wakes one waiting connection, the first to have waited; the others
+    /// wait for the next buffers.
+    #[test]
+    fn a_returned_buffer_wakes_one_waiter_first_come_first() {
+        let ring = IoUring::new(8).expect("io_uring");
+        let mut pool = BufRing::new(&ring, 4).expect("buffer ring");
+        let mut held = Held::default();
+        for bid in 0..4 {
+            pool.take(&mut held, bid, 10);
+        }
+        for fd in [10, 11, 12] {
+            pool.wait_for_one(fd);
+        }
+        assert_eq!(pool.waiting(), Vec::<RawFd>::new(), "no buffer is free");
+        pool.sent(&mut held, 10);
+        assert_eq!(pool.waiting(), vec![10]);
+        pool.release(&mut held);
+        assert_eq!(pool.waiting(), vec![11, 12], "three free, two waiting");
+        drop(ring);
     }
 }

@@ -358,8 +358,8 @@ impl Server {
     }
     // ANCHOR_END: flush
 
-    /// Buffers have come back: arm every receive that found the pool empty. Those with data
-    /// compete for the buffers, and the losers wait for the next ones; never a busy retry.
+    /// Buffers have come back: arm the receives that found the pool empty, longest waiting
+    /// first, one per free buffer. A loser waits for the next one; never a busy retry.
     fn resume_starved(&mut self) {
         for fd in self.bufs.waiting() {
             self.settle(fd);
