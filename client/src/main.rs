@@ -41,6 +41,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, Signal, signal};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 64 * 1024;
@@ -75,6 +76,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A reader that stops early (`client ADDR | head -1`) ends us as it ends `cat`: quietly, by
+    // SIGPIPE. Rust ignores SIGPIPE, which would make it an error message instead. Writes to
+    // the socket are unaffected: they use MSG_NOSIGNAL, and a server gone is still an error.
+    // SAFETY: no other thread runs yet, and SIG_DFL installs no handler of ours.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -750,3 +750,38 @@ fn a_line_longer_than_the_socket_buffers_comes_back() {
     assert_eq!(out.len(), line.len() + 1, "stderr: {err}");
     assert!(out.bytes().take(line.len()).all(|b| b == b'X'));
 }
+
+/// `client ADDR | head -1`: the reader stops early, and the client ends as `cat` would, by
+/// SIGPIPE, with nothing said on stderr (not "Broken pipe").
+#[test]
+fn a_reader_that_stops_early_ends_the_client_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let addr = serve(upper_echo);
+    let mut child = Command::new(CLIENT)
+        .arg(addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = thread::spawn(move || {
+        for n in 0..200_000 {
+            if writeln!(stdin, "line {n}").is_err() {
+                return; // the client is gone
+            }
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // and the reader is dropped: `head -1` has what it wanted
+    assert_eq!(first, "LINE 0\n");
+    let err = collect(child.stderr.take().unwrap());
+    let status = child.wait().unwrap();
+    feeder.join().unwrap();
+    let err = lossy(&err.iter().flatten().collect::<Vec<u8>>());
+    let sigpipe = nix::sys::signal::Signal::SIGPIPE as i32;
+    assert_eq!(status.signal(), Some(sigpipe), "{status}; stderr: {err:?}");
+    assert_eq!(err, "");
+}
