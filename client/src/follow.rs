@@ -38,7 +38,7 @@ pub fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
                 if !held.is_empty() {
                     held.push(b'\n');
                 }
-                above(&mut out, &held, columns(&typed.line), b"")?;
+                above(&mut out, &held, rows_up(&typed.line, terminal_width()), b"")?;
                 drop(raw);
                 eprintln!("client: {SERVER_CLOSED}");
                 return Ok(());
@@ -47,8 +47,12 @@ pub fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
         }
         if let Some(end) = held.iter().rposition(|&b| b == b'\n') {
             let lines: Vec<u8> = held.drain(..=end).collect();
-            let drawn = columns(&typed.line);
-            above(&mut out, &lines, drawn, &typed.line)?;
+            above(
+                &mut out,
+                &lines,
+                rows_up(&typed.line, terminal_width()),
+                &typed.line,
+            )?;
         }
         if user {
             let n = io::stdin().lock().read(&mut buf).context("read stdin")?;
@@ -56,7 +60,7 @@ pub fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
                 break; // the terminal is gone
             }
             for &key in &buf[..n] {
-                let drawn = columns(&typed.line);
+                let drawn = rows_up(&typed.line, terminal_width());
                 match typed.key(key) {
                     Edit::Nothing => {}
                     Edit::Echo => show(&mut out, &[key])?,
@@ -82,13 +86,12 @@ pub fn follow(mut stream: TcpStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `lines` where the typed line is (`drawn` columns of it on the screen), then draws
+/// Prints `lines` where the typed line is (it wrapped onto `rows_up` more rows), then draws
 /// `typed` below them.
-fn above(out: &mut impl Write, lines: &[u8], drawn: usize, typed: &[u8]) -> io::Result<()> {
+fn above(out: &mut impl Write, lines: &[u8], rows_up: usize, typed: &[u8]) -> io::Result<()> {
     // Back to where the typed line starts, rows up if it wrapped (\r, then ESC [ n A), and
     // erase from there to the end of the screen (ESC [ J).
     let mut bytes = b"\r".to_vec();
-    let rows_up = drawn.saturating_sub(1) / terminal_width();
     if rows_up > 0 {
         bytes.extend_from_slice(format!("\x1b[{rows_up}A").as_bytes());
     }
@@ -115,17 +118,26 @@ fn terminal_width() -> usize {
     }
 }
 
-/// How many columns a terminal gives `text`: two for each character of the East Asian wide
-/// ranges (汉字, かな, 한글, fullwidth forms, emoji), one for any other.
-fn columns(text: &[u8]) -> usize {
-    let width = |c: char| match u32::from(c) {
+/// How many rows below its first the cursor is after a terminal `width` columns wide has drawn
+/// `text` from the start of a row. A wide character (汉字, かな, 한글, fullwidth forms, emoji: two columns)
+/// that does not fit in the last column goes whole to the next row, leaving that column empty;
+/// a row filled exactly leaves the cursor on it until the next character.
+fn rows_up(text: &[u8], width: usize) -> usize {
+    let columns = |c: char| match u32::from(c) {
         0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF => 2,
         0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF => 2,
         0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F => 2,
         0x1F900..=0x1F9FF | 0x20000..=0x3FFFD => 2,
         _ => 1,
     };
-    String::from_utf8_lossy(text).chars().map(width).sum()
+    let (mut row, mut column) = (0, 0);
+    for c in String::from_utf8_lossy(text).chars() {
+        if column + columns(c) > width {
+            (row, column) = (row + 1, 0);
+        }
+        column += columns(c);
+    }
+    row
 }
 
 /// The line being typed in follow mode, and what each key does to it.
@@ -216,5 +228,25 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = termios::tcsetattr(io::stdin(), SetArg::TCSANOW, &self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_up;
+
+    #[test]
+    fn wide_characters_wrap_whole() {
+        assert_eq!(rows_up(b"", 21), 0);
+        assert_eq!(
+            rows_up("x".repeat(21).as_bytes(), 21),
+            0,
+            "a full row keeps the cursor"
+        );
+        assert_eq!(rows_up("x".repeat(22).as_bytes(), 21), 1);
+        // 21 columns hold 10 of them, not 10 and a half: 21 of them take three rows, not two.
+        assert_eq!(rows_up("汉".repeat(10).as_bytes(), 21), 0);
+        assert_eq!(rows_up("汉".repeat(21).as_bytes(), 21), 2);
+        assert_eq!(rows_up("x汉汉".as_bytes(), 4), 1);
     }
 }
