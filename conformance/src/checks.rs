@@ -662,9 +662,11 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
     let mut buf = vec![0u8; 64 * 1024];
     let mut checked = 0;
     let mut lost = None;
+    let mut ended = false; // an end-of-file came before the whole reply
     while checked < total {
         match greedy.read(&mut buf) {
             Ok(0) => {
+                ended = true;
                 lost = Some(format!(
                     "the slow client got {} of {} back, then end-of-file",
                     mib_and_bytes(checked),
@@ -757,6 +759,13 @@ pub fn slow_reader(t: &Target, mib: usize, pid: Option<Pid>) -> SlowReader {
             Some(e) if e.contains("reset") || e.contains("pipe") => Err(fail(
                 format!("{l}; the slow client's write failed: {e}"),
                 HINT_SLOW_CLOSED,
+            )),
+            // Every byte so far right, then end-of-file, after ours: the server closed on
+            // reading our end-of-file, dropping what it still owed. (A small reply may all
+            // fit in the socket buffers before that: the half-close check can miss it.)
+            _ if ended && sent.is_ok() => Err(fail(
+                format!("{l}, after the client's own end-of-file"),
+                HINT_EOF,
             )),
             _ => Err(fail(l, HINT_COUNT_IGNORED)),
         },

@@ -287,6 +287,15 @@ fn dropping_what_is_owed_at_eof_fails_half_close() {
     caught("drop-at-eof", &only, &["half-close"], HINT_EOF);
 }
 
+/// The same mistake in a server that sends at once what it reads: small replies are all sent
+/// before the end-of-file is read, so only a reader far behind shows it, and the slow-reader
+/// check names the half-close mistake, not a lost send count.
+#[test]
+fn dropping_what_is_owed_at_eof_late_fails_slow_reader_with_the_half_close_hint() {
+    let only = ["--only", "hello,half-close,slow-reader"];
+    caught("drop-at-eof-late", &only, &["slow-reader"], HINT_EOF);
+}
+
 #[test]
 fn dying_on_a_reset_fails_resets_and_says_so() {
     let only = ["--only", "hello,resets,concurrent"];

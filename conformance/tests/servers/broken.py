@@ -8,6 +8,9 @@ and the checker must fail it on the check that names it:
     forget-upper   echoes the bytes unchanged                            -> hello
     latin1         upper-cases decoded text, so bytes above 127 change    -> binary
     drop-at-eof    closes at end-of-file, dropping what it still owes     -> half-close
+    drop-at-eof-late  the same, but reads 1 MiB at a time, sends at once and never stops
+                   reading: it owes nothing at end-of-file until a reader falls far behind
+                                                                          -> slow-reader
     die-on-reset   lets a ConnectionResetError end the server             -> resets
     block-in-send  blocking sockets and sendall() in the loop (the lecture's mistake)
                                                                           -> slow-reader
@@ -75,7 +78,7 @@ def transform(data):
 
 def receive(s):
     try:
-        data = s.recv(1 if fault == "one-byte" else 65536)
+        data = s.recv({"one-byte": 1, "drop-at-eof-late": 1 << 20}.get(fault, 65536))
     except BlockingIOError:
         return
     except ConnectionError:
@@ -84,7 +87,7 @@ def receive(s):
         close(s)
         return
     if not data:
-        if fault == "drop-at-eof":
+        if fault.startswith("drop-at-eof"):
             close(s)
         else:
             eof.add(s)
@@ -96,6 +99,8 @@ def receive(s):
             s.send(transform(data))
         else:
             out[s] += transform(data)
+            if fault == "drop-at-eof-late":
+                send(s)
     except BlockingIOError:
         pass  # ignore-count: what did not fit is lost
     except ConnectionError:
@@ -115,7 +120,7 @@ def send(s):
 
 try:
     while True:
-        limit = float("inf") if fault == "unbounded" else LIMIT
+        limit = float("inf") if fault in ("unbounded", "drop-at-eof-late") else LIMIT
         readers = [listener] + [s for s in out if s not in eof and len(out[s]) < limit]
         writers = [s for s in out if out[s]]
         timeout = 0 if fault == "busy" else None
