@@ -372,10 +372,58 @@ pub(crate) fn text_at_eof(collected: &Collected, patience: Duration) -> String {
 // ---------------------------------------------------------------------------------------------
 // What the kernel says about a process.
 
-/// CPU seconds (user + system, all threads) a process has used, from /proc/PID/stat.
+/// CPU seconds (user + system) a server has used, from /proc: every thread of its process, and
+/// every process it started, running (a pre-forked pool's workers) or ended and reaped (then
+/// counted in its parent's cutime and cstime).
 pub fn process_cpu_seconds(pid: Pid) -> std::io::Result<f64> {
+    let ticks = clock_ticks();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat_cpu(&stat, clock_ticks()).ok_or_else(|| std::io::Error::other("/proc/PID/stat"))
+    let mut total = parse_stat_cpu_with_children(&stat, ticks)
+        .ok_or_else(|| std::io::Error::other("/proc/PID/stat"))?;
+    for child in descendants(pid) {
+        // A descendant that ended since the scan is in its parent's cutime by now, or soon.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            total += parse_stat_cpu_with_children(&stat, ticks).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// Every process below `pid` (children, their children, ...), from the parent of each in /proc.
+fn descendants(pid: Pid) -> Vec<Pid> {
+    let mut parents: Vec<(Pid, Pid)> = Vec::new(); // (process, its parent)
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat_fields(&stat).and_then(|f| f.get(1)?.parse().ok()) {
+            parents.push((Pid::from_raw(p), Pid::from_raw(ppid)));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.split_off(1)
+}
+
+/// The fields of /proc/PID/stat after the command name, which may hold spaces and
+/// parentheses: counted from its last ')'. The first is the state (field 3).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(
+        stat.get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect(),
+    )
 }
 
 /// The share of one core a process uses over `window`: CPU seconds before and after a sleep
@@ -394,18 +442,23 @@ pub fn clock_ticks() -> u64 {
         .map_or(100, |t| t as u64)
 }
 
-/// utime + stime from the text of /proc/PID/stat, in seconds. The command name may hold spaces
-/// and parentheses, so the fields are counted from its last ')'.
+/// utime + stime from the text of /proc/PID/stat, in seconds.
 pub fn parse_stat_cpu(stat: &str, ticks_per_sec: u64) -> Option<f64> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(stat)?;
     // After ')' come state (field 3), ppid, ...: utime is field 14, stime 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) as f64 / ticks_per_sec as f64)
 }
 
-/// A `Name:   value ...` field of /proc/PID/status (VmRSS in KiB, Threads).
+/// The same, plus cutime + cstime (fields 16 and 17): the children it has reaped.
+pub fn parse_stat_cpu_with_children(stat: &str, ticks_per_sec: u64) -> Option<f64> {
+    let fields = stat_fields(stat)?;
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(parse_stat_cpu(stat, ticks_per_sec)? + (cutime + cstime) as f64 / ticks_per_sec as f64)
+}
+
 pub fn status_field(pid: Pid, name: &str) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_status_field(&status, name)
@@ -530,6 +583,9 @@ mod tests {
         let stat = "4242 (my (server) x) S 1 4242 4242 0 -1 4194304 120 0 0 0 250 50 0 0 20 0 1 \
                     0 1234 5678 90 18446744073709551615";
         assert_eq!(parse_stat_cpu(stat, 100), Some(3.0));
+        assert_eq!(parse_stat_cpu_with_children(stat, 100), Some(3.0));
+        let reaped = stat.replace(" 250 50 0 0 ", " 250 50 30 20 ");
+        assert_eq!(parse_stat_cpu_with_children(&reaped, 100), Some(3.5));
         let status = "Name:\tselect\nVmRSS:\t    2048 kB\nThreads:\t3\n";
         assert_eq!(parse_status_field(status, "VmRSS"), Some(2048));
         assert_eq!(parse_status_field(status, "Threads"), Some(3));

@@ -390,6 +390,18 @@ fn a_busy_loop_fails_idle_cpu() {
     );
 }
 
+/// A pre-forking server whose worker spins: the CPU of every process the server started counts,
+/// not only its own.
+#[test]
+fn a_busy_worker_fails_idle_cpu() {
+    caught(
+        "busy-worker+fork",
+        &["--only", "hello,idle-cpu"],
+        &["idle-cpu"],
+        HINT_BUSY,
+    );
+}
+
 /// A server deaf to SIGINT is killed after the grace period, and the report says so.
 #[test]
 fn a_server_deaf_to_sigint_is_killed() {

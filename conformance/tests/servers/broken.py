@@ -17,6 +17,7 @@ and the checker must fail it on the check that names it:
     ignore-count   non-blocking send() whose count is ignored             -> slow-reader
     unbounded      never stops reading a client that does not read        -> memory
     busy           polls with a zero timeout instead of sleeping          -> idle-cpu
+    busy-worker+fork  serves right, but its forked worker spins           -> idle-cpu
     die-at-100     dies on its 100th connection (a bug anywhere, not a check's fault)
                                                                           -> concurrent, "died"
     one-byte       correct, but reads one byte per wake-up: slow, not wrong
@@ -41,6 +42,8 @@ pid = os.getpid()
 if fork:
     pid = os.fork()
     if pid == 0:
+        while fault == "busy-worker":
+            pass  # a worker that polls instead of waiting
         signal.pause()
         os._exit(0)
 if len(sys.argv) > 3:
