@@ -166,13 +166,16 @@ impl BufRing {
         self.ran_dry += 1;
     }
 
-    /// The connections that waited longest, one per buffer not in our hands; they wait no
-    /// longer. Not all of them: one returned buffer can serve one receive, and the others
-    /// would find the pool empty again (with 40 waiting, ~8 futile receives per buffer).
-    pub fn waiting(&mut self) -> Vec<RawFd> {
-        let free = usize::from(self.count) - self.held;
-        let n = free.min(self.waiting.len());
-        self.waiting.drain(..n).collect()
+    /// Buffers not in our hands: in the ring, or in completions not yet read (so, at least
+    /// as many as the ring holds).
+    pub fn free(&self) -> usize {
+        usize::from(self.count) - self.held
+    }
+
+    /// The connection that has waited longest for a buffer, if any; it waits no longer. It
+    /// may have been armed again since, or have closed: the caller looks.
+    pub fn next_waiting(&mut self) -> Option<RawFd> {
+        self.waiting.pop_front()
     }
 
     /// How many receives found the pool empty, for the summary.
@@ -221,24 +224,26 @@ impl Drop for BufRing {
 mod tests {
     use super::*;
 
-    /// One buffer free wakes one waiting connection, the first to have waited; the others
-    /// wait for the next buffers.
+    /// Waiting connections come out first come first, and a buffer that comes back is one more
+    /// free.
     #[test]
-    fn a_returned_buffer_wakes_one_waiter_first_come_first() {
+    fn waiters_come_out_in_order_and_buffers_count() {
         let ring = IoUring::new(8).expect("io_uring");
         let mut pool = BufRing::new(&ring, 4).expect("buffer ring");
         let mut held = Held::default();
         for bid in 0..4 {
             pool.take(&mut held, bid, 10);
         }
+        assert_eq!(pool.free(), 0);
         for fd in [10, 11, 12] {
             pool.wait_for_one(fd);
         }
-        assert_eq!(pool.waiting(), Vec::<RawFd>::new(), "no buffer is free");
         pool.sent(&mut held, 10);
-        assert_eq!(pool.waiting(), vec![10]);
+        assert_eq!(pool.free(), 1);
         pool.release(&mut held);
-        assert_eq!(pool.waiting(), vec![11, 12], "three free, two waiting");
+        assert_eq!(pool.free(), 4);
+        let order: Vec<_> = std::iter::from_fn(|| pool.next_waiting()).collect();
+        assert_eq!(order, vec![10, 11, 12]);
         drop(ring);
     }
 }

