@@ -30,8 +30,8 @@ const SQ_IDLE_MS: u32 = 10;
 /// (the plain ring: 3.8 µs), taking the core the clients need; 5 µs spun 1.5 µs but made 0.1
 /// calls under load and 0.5-0.9 for lockstep clients.
 const COMPLETIONS_PER_SLEEP: i64 = 32;
-/// The watch's bounds. A silence longer than the longest watch is not traffic: it is not
-/// counted against the allowance of sleeps.
+/// The watch's bounds. A silence longer than the longest watch is not traffic that a watch
+/// could catch: it is not counted against the allowance of sleeps, and it shortens the watch.
 const WATCH_MIN: Duration = Duration::from_micros(2);
 const WATCH_MAX: Duration = Duration::from_millis(1);
 
@@ -172,25 +172,29 @@ impl<Op: Copy> Ring<Op> {
     }
 
     /// --sqpoll: watch the completion ring before sleeping: under load something arrives, and
-    /// no system call is made at all. A sleep after a watch that ran out spends
-    /// COMPLETIONS_PER_SLEEP from `spare`; while that is overspent, each such sleep makes the
-    /// watch half as long again, and while it is not, each fruitful watch shortens it by 1/16.
+    /// no system call is made at all. A sleep whose completion came within WATCH_MAX of the
+    /// watch's start (a longer watch would have caught it) spends COMPLETIONS_PER_SLEEP from
+    /// `spare`; while that is overspent, each such sleep makes the watch half as long again.
+    /// While it is not, each fruitful watch shortens it by 1/16. A longer silence, which no
+    /// watch would have covered, halves it: watching was wasted.
     fn watch_then_sleep(&mut self) -> io::Result<()> {
         not_busy(self.enter(0))?; // free, unless the SQ thread sleeps and must be woken
         let start = Instant::now();
         while self.ring.completion().is_empty() && start.elapsed() < self.watch {
             std::hint::spin_loop();
         }
+        let overspent = self.spare < 0;
         if !self.ring.completion().is_empty() {
-            if self.spare > 0 {
+            if !overspent {
                 self.watch = (self.watch - self.watch / 16).max(WATCH_MIN);
             }
             return Ok(());
         }
-        let asleep = Instant::now();
         not_busy(self.enter(1))?;
-        if asleep.elapsed() < WATCH_MAX {
-            self.spare -= COMPLETIONS_PER_SLEEP;
+        if start.elapsed() >= WATCH_MAX {
+            self.watch = (self.watch / 2).max(WATCH_MIN);
+        } else {
+            self.spare = (self.spare - COMPLETIONS_PER_SLEEP).max(-8 * COMPLETIONS_PER_SLEEP);
             if self.spare < 0 {
                 self.watch = (self.watch * 3 / 2).min(WATCH_MAX);
             }
@@ -204,7 +208,8 @@ impl<Op: Copy> Ring<Op> {
         self.completions.extend(self.ring.completion());
         let taken = self.completions.len() - before;
         COMPLETIONS.add(taken as u64);
-        // The allowance is short-lived: a busy minute does not pay for a spinning-free next one.
+        // The allowance is short-lived, both ways: a busy minute neither pays for a next one
+        // without watching, nor leaves a debt that keeps the watch long.
         self.spare = (self.spare + taken as i64).min(8 * COMPLETIONS_PER_SLEEP);
     }
 
