@@ -348,7 +348,9 @@ pub fn main(
     write_throughput(&out, &measured)?;
     write_idle_cpu(&out, &measured)?;
     write_memory(&out, &measured)?;
-    write_busy(&out, &busy)?;
+    if !busy.is_empty() {
+        write_busy(&out, &busy)?; // else busy.md keeps its old numbers, as replot does
+    }
     write_json(&out, &rows, &measured, &busy)?;
     match crate::syscalls::strace() {
         Ok(_) => {
@@ -847,7 +849,10 @@ fn write_busy(out: &Path, busy: &[(&str, LoadResult)]) -> anyhow::Result<()> {
                 (*label).to_owned(),
                 thousands(r.round_trips_per_sec.round() as u64),
                 sig3(r.cpu_us_per_round_trip()),
-                sig3(r.sq_thread_cpu_s),
+                match r.sq_thread_cpu_s {
+                    0.0 => "–".to_owned(), // no polling thread
+                    sq => sig3(sq),
+                },
                 enters.map_or("–".into(), |n| {
                     sig3(n as f64 / r.round_trips.max(1) as f64)
                 }),
@@ -869,11 +874,14 @@ fn write_busy(out: &Path, busy: &[(&str, LoadResult)]) -> anyhow::Result<()> {
     write(out, "busy.md", &t)
 }
 
-/// The number before `what` in a server's summary line (`…, 1736 io_uring_enter calls, …`).
+/// The number before `what` in a server's summary line (`…, 1736 io_uring_enter calls, …`),
+/// or before its singular (`1 io_uring_enter call`).
 fn summary_count(summary: &str, what: &str) -> Option<u64> {
+    let one = what.strip_suffix('s').unwrap_or(what);
     summary
         .split(", ")
-        .find_map(|part| part.trim().strip_suffix(what))
+        .map(str::trim)
+        .find_map(|part| part.strip_suffix(what).or_else(|| part.strip_suffix(one)))
         .and_then(|n| n.trim().parse().ok())
 }
 
@@ -920,6 +928,8 @@ mod tests {
         assert_eq!(summary_count(summary, "io_uring_enter calls"), Some(61316));
         assert_eq!(summary_count(summary, "SQ thread wake-ups"), Some(0));
         assert_eq!(summary_count(summary, "calls"), None); // not a count of its own
+        let one = "aio: summary: 1 connection, 1 io_uring_enter call";
+        assert_eq!(summary_count(one, "io_uring_enter calls"), Some(1));
         assert_eq!(
             summary_count("epoll: summary: 3 connections", "io_uring_enter calls"),
             None
