@@ -147,12 +147,12 @@ LINES = [
     ),
     (
         r"(\d+) connections, each sending (\d+) B as soon as its last reply is back, no idle ones: "
-        r"round trips per second, the server's own CPU per round trip \(SQPOLL's kernel thread "
-        r"apart\), that thread's CPU, the (`io_uring_enter`) calls the server counted per round "
-        r"trip, and the load generator's share of a core:",
-        r"\1 个连接，每个在上一个回复回来后立刻发送 \2 B，没有空闲连接：每秒往返次数、每次往返"
-        r"服务器自己的 CPU（SQPOLL 的内核线程单独计算）、那个线程的 CPU、服务器自己统计的每次"
-        r"往返的 \3 调用数，以及负载生成器占一个核的比例：",
+        r"round trips per second; for each round trip, the server's own CPU \(SQPOLL's kernel "
+        r"thread apart\) and the (`io_uring_enter`) calls \(enters\) the server counted; that "
+        r"thread's CPU; and the load generator's share of a core:",
+        r"\1 个连接，每个在上一个回复回来后立刻发送 \2 B，没有空闲连接：每秒往返次数；每次往返"
+        r"服务器自己的 CPU（SQPOLL 的内核线程单独计算）和服务器自己统计的 \3 调用数（enter 数）；那个线程的 "
+        r"CPU；以及负载生成器占一个核的比例：",
     ),
     (
         r"Server CPU under load, share of one core \(the load generator's own share in brackets; "
@@ -214,10 +214,10 @@ WORDS = {
     "p99 latency of a light client beside a heavy one": "繁重客户端旁边一个轻量客户端的 p99 延迟",
     "p99 round trip (ms)": "p99 往返 (ms)",
     "round trips/s": "往返次数/秒",
-    "server CPU per round trip (µs)": "每次往返的服务器 CPU (µs)",
-    "SQ thread CPU (s)": "SQ 线程 CPU (s)",
-    "io_uring_enter per round trip": "每次往返的 io_uring_enter",
-    "load generator": "负载生成器",
+    "CPU µs each": "每次 CPU µs",
+    "SQ thread (s)": "SQ 线程 (s)",
+    "enters each": "每次 enter 数",
+    "generator": "负载生成器",
     "System calls per round trip (strace -f -c)": "每次往返的系统调用数（strace -f -c）",
     "system calls per round trip": "每次往返的系统调用数",
     "system calls": "系统调用数",
