@@ -249,6 +249,19 @@ fn uring_small_ring_resets_leak_nothing() {
     resets_leak_nothing(&["--backend", "uring", "--ring-entries", "4"]);
 }
 
+/// Sends `data` from a second thread while reading the reply, as a client that writes and
+/// reads at once; returns the reply.
+fn both_ways(c: &mut std::net::TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = c.try_clone().expect("clone");
+    let n = data.len();
+    let sender = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut writer, &data).expect("write");
+    });
+    let got = conformance::read_exactly(c, n);
+    sender.join().expect("sender");
+    got
+}
+
 /// A pool of 4 buffers, and 40 clients each sending 256 KiB at once while reading their
 /// replies: the pool runs dry again and again (the summary counts the receives that found it
 /// empty), every receive is armed again once a buffer returns, and every byte comes back right.
@@ -260,14 +273,11 @@ fn uring_buffer_exhaustion_loses_nothing() {
             let mut c = server.connect();
             std::thread::spawn(move || {
                 let data = conformance::Rng::new(i).bytes(256 * 1024);
-                let mut writer = c.try_clone().expect("clone");
                 let expected = upper(&data);
-                let sender = std::thread::spawn(move || {
-                    std::io::Write::write_all(&mut writer, &data).expect("write");
-                });
-                let got = conformance::read_exactly(&mut c, expected.len());
-                sender.join().expect("sender");
-                assert!(got == expected, "client {i}: reply differs");
+                assert!(
+                    both_ways(&mut c, data) == expected,
+                    "client {i}: reply differs"
+                );
             })
         })
         .collect();
@@ -371,13 +381,8 @@ fn uring_one_buffer_strands_no_one() {
                         conformance::reset_on_close(&c);
                         continue;
                     }
-                    let mut writer = c.try_clone().expect("clone");
                     let expected = upper(&data);
-                    let sender = std::thread::spawn(move || {
-                        std::io::Write::write_all(&mut writer, &data).expect("write");
-                    });
-                    let got = conformance::read_exactly(&mut c, expected.len());
-                    sender.join().expect("sender");
+                    let got = both_ways(&mut c, data);
                     assert!(got == expected, "client {i}, visit {visit}: reply differs");
                 }
             })

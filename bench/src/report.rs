@@ -264,23 +264,8 @@ pub fn main(
                 thousands(idle as u64)
             );
             let args = LoadArgs {
-                server: (!plan.server.is_empty()).then(|| plan.server.to_owned()),
-                server_args: if plan.server.is_empty() {
-                    String::new()
-                } else {
-                    plan.args.to_owned()
-                },
-                spawn: plan.server.is_empty().then(|| plan.args.to_owned()),
-                addr: None,
-                pid: None,
-                conns: ACTIVE,
                 idle,
-                secs: settings.secs,
-                size: 64,
-                idle_secs: settings.idle_secs,
-                threads: 1,
-                bin_dir: bin_dir.clone(),
-                json: false,
+                ..load_args(plan, &settings, bin_dir.clone())
             };
             match crate::load::run(&args) {
                 Ok(r) => {
@@ -316,19 +301,11 @@ pub fn main(
     for plan in PLANS.iter().filter(|p| BUSY_LABELS.contains(&p.label)) {
         eprint!("busy: {:<24} {BUSY} x {BUSY_SIZE} B ... ", plan.label);
         let args = LoadArgs {
-            server: Some(plan.server.to_owned()),
-            server_args: plan.args.to_owned(),
-            spawn: None,
-            addr: None,
-            pid: None,
             conns: BUSY,
             idle: 0,
-            secs: settings.secs,
             size: BUSY_SIZE,
             idle_secs: 0.0,
-            threads: 1,
-            bin_dir: bin_dir.clone(),
-            json: false,
+            ..load_args(plan, &settings, bin_dir.clone())
         };
         match crate::load::run(&args) {
             Ok(r) => {
@@ -427,6 +404,30 @@ fn replot(out: &Path) -> anyhow::Result<()> {
     }
     eprintln!("redrew {} from {}", out.display(), path.display());
     Ok(())
+}
+
+/// The load run of one plan in the matrix: ACTIVE connections of 64 bytes, no idle ones.
+fn load_args(plan: &Plan, settings: &Settings, bin_dir: Option<PathBuf>) -> LoadArgs {
+    let ours = !plan.server.is_empty();
+    LoadArgs {
+        server: ours.then(|| plan.server.to_owned()),
+        server_args: if ours {
+            plan.args.to_owned()
+        } else {
+            String::new()
+        },
+        spawn: (!ours).then(|| plan.args.to_owned()),
+        addr: None,
+        pid: None,
+        conns: ACTIVE,
+        idle: 0,
+        secs: settings.secs,
+        size: 64,
+        idle_secs: settings.idle_secs,
+        threads: 1,
+        bin_dir,
+        json: false,
+    }
 }
 
 fn one_line(s: &str) -> String {
