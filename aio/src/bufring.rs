@@ -57,17 +57,33 @@ pub struct BufRing {
     ran_dry: u64,
 }
 
-/// The buffers one connection holds, oldest first: received, reply not yet wholly sent. The
-/// first one is being sent, `sent` bytes of it so far.
+/// The replies one connection owes, oldest first: received, not yet wholly sent back. The
+/// first is being sent, `sent` bytes of it so far. Each is still in its pool buffer, or, once
+/// its client stopped reading (`spill`), in a copy of the connection's own.
 #[derive(Default)]
 pub struct Held {
-    bufs: VecDeque<(u16, usize)>,
+    bufs: VecDeque<Chunk>,
     sent: usize,
+}
+
+enum Chunk {
+    Pool(u16, usize),
+    Own(Box<[u8]>),
 }
 
 impl Held {
     pub fn len(&self) -> usize {
         self.bufs.len()
+    }
+
+    /// Whether any of its replies is still in a pool buffer.
+    pub fn pooled(&self) -> bool {
+        self.bufs.iter().any(|c| matches!(c, Chunk::Pool(..)))
+    }
+
+    /// Whether the reply being sent is still in a pool buffer.
+    pub fn sending_pooled(&self) -> bool {
+        matches!(self.bufs.front(), Some(Chunk::Pool(..)))
     }
 }
 
@@ -125,33 +141,64 @@ impl BufRing {
     /// back. Returns those bytes.
     pub fn take(&mut self, held: &mut Held, bid: u16, len: usize) -> &mut [u8] {
         self.held += 1;
-        held.bufs.push_back((bid, len));
+        held.bufs.push_back(Chunk::Pool(bid, len));
         &mut self.bufs[usize::from(bid) * self.size..][..len]
     }
 
-    /// What is left to send of the connection's oldest buffer.
-    pub fn unsent(&self, held: &Held) -> &[u8] {
-        let (bid, len) = held.bufs[0];
-        &self.bufs[usize::from(bid) * self.size..][held.sent..len]
+    /// What is left to send of the connection's oldest reply.
+    pub fn unsent<'a>(&'a self, held: &'a Held) -> &'a [u8] {
+        match &held.bufs[0] {
+            Chunk::Pool(bid, len) => &self.bufs[usize::from(*bid) * self.size..][held.sent..*len],
+            Chunk::Own(copy) => &copy[held.sent..],
+        }
     }
 
-    /// `n` more bytes of the oldest buffer have been sent; once all of them have, the buffer
+    /// `n` more bytes of the oldest reply have been sent; once all of them have, its buffer
     /// goes back to the kernel.
     pub fn sent(&mut self, held: &mut Held, n: usize) {
         held.sent += n;
-        if held.sent == held.bufs[0].1 {
-            let (bid, _) = held.bufs.pop_front().expect("checked above");
+        let whole = match &held.bufs[0] {
+            Chunk::Pool(_, len) => *len,
+            Chunk::Own(copy) => copy.len(),
+        };
+        if held.sent == whole {
             held.sent = 0;
-            self.give_back(bid);
+            if let Some(Chunk::Pool(bid, _)) = held.bufs.pop_front() {
+                self.give_back(bid);
+            }
         }
     }
 
     /// The connection failed: every buffer it holds goes back unsent.
     pub fn release(&mut self, held: &mut Held) {
-        while let Some((bid, _)) = held.bufs.pop_front() {
-            self.give_back(bid);
+        while let Some(chunk) = held.bufs.pop_front() {
+            if let Chunk::Pool(bid, _) = chunk {
+                self.give_back(bid);
+            }
         }
         held.sent = 0;
+    }
+
+    /// The client has stopped reading: copy its replies out of the pool, and return their
+    /// buffers, so that clients that never read cannot hold the pool that everyone shares.
+    /// All but the one being sent, which the kernel may be reading (`with_first` once its
+    /// send has been cancelled). Returns how many buffers went back.
+    pub fn spill(&mut self, held: &mut Held, with_first: bool) -> usize {
+        let mut returned = 0;
+        let skip = usize::from(!with_first);
+        for i in skip..held.bufs.len() {
+            if let Chunk::Pool(bid, len) = held.bufs[i] {
+                let from = if i == 0 { held.sent } else { 0 };
+                let copy = self.bufs[usize::from(bid) * self.size..][from..len].into();
+                held.bufs[i] = Chunk::Own(copy);
+                if i == 0 {
+                    held.sent = 0;
+                }
+                self.give_back(bid);
+                returned += 1;
+            }
+        }
+        returned
     }
 
     /// How many buffers we hold. When none, an empty pool can only mean that completions we
@@ -170,6 +217,10 @@ impl BufRing {
     /// as many as the ring holds).
     pub fn free(&self) -> usize {
         usize::from(self.count) - self.held
+    }
+
+    pub fn someone_waits(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     /// The connection that has waited longest for a buffer, if any; it waits no longer. It

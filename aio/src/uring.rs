@@ -11,9 +11,10 @@ use std::fs::File;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use anyhow::Context;
-use io_uring::types::{CancelBuilder, Fd};
+use io_uring::types::{CancelBuilder, Fd, Timespec};
 use io_uring::{cqueue, opcode};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -22,6 +23,9 @@ use support::{STATS, count, say, trace};
 
 use crate::bufring::{self, BufRing, Held};
 use crate::ring::{Ring, accept_once, accepted, stop_signal_fd};
+
+mod stall;
+use stall::{STALLED, stalled};
 
 /// Buffers a connection may hold (received, reply not yet sent) before its receive is
 /// cancelled: a client that sends without reading is echoed this far ahead, then waits, and
@@ -34,6 +38,10 @@ struct Conn {
     /// Buffers received and not yet wholly sent back.
     held: Held,
     receive: Receive,
+    /// Whether the armed receive is multishot (on Linux 5.19 the first ones fail, EINVAL).
+    multishot: bool,
+    /// The send in flight, if any: its key, to cancel it (`spill`), and when it began.
+    sending: Option<(u64, Instant)>,
     /// End of file or an error: closed once its replies are sent and its receive is over.
     ended: bool,
 }
@@ -61,6 +69,8 @@ enum Op {
     Close,
     /// Waiting for SIGINT or SIGTERM: a poll on the signalfd.
     Signal,
+    /// STALLED has passed since a receive found the pool dry: look for stalled sends again.
+    Tick,
     /// Cancelling: a connection's receive, or on stop every operation at once.
     Cancel,
 }
@@ -77,6 +87,11 @@ struct Server {
     spare: Option<File>,
     clients: usize,
     stopping: bool,
+    /// When `spill_stalled` last looked: at most once per STALLED, since it looks at everyone.
+    looked: Instant,
+    /// A Tick is in flight, and how long it waits (the kernel reads it on submission).
+    ticking: bool,
+    tick: Box<Timespec>,
 }
 
 pub fn run(args: &crate::Args) -> anyhow::Result<()> {
@@ -98,6 +113,9 @@ pub fn run(args: &crate::Args) -> anyhow::Result<()> {
         spare: support::reserve_descriptor(),
         clients: 0,
         stopping: false,
+        looked: Instant::now(),
+        ticking: false,
+        tick: Box::new(Timespec::from(STALLED)),
     };
     server.arm_accept();
     server.arm_signal();
@@ -156,7 +174,9 @@ impl Server {
         let key = self
             .ring
             .submit(Op::Recv(fd), bufring::recv(Fd(fd), self.multishot));
-        self.conn(fd).0.receive = Receive::Armed(key);
+        let multishot = self.multishot;
+        let conn = self.conn(fd).0;
+        (conn.receive, conn.multishot) = (Receive::Armed(key), multishot);
     }
 
     /// Sends what is left of the connection's oldest reply.
@@ -167,8 +187,9 @@ impl Server {
         let (conn, bufs) = self.conn(fd);
         let rest = bufs.unsent(&conn.held);
         let entry = opcode::Send::new(Fd(fd), rest.as_ptr(), rest.len() as u32);
-        self.ring
-            .submit(Op::Send(fd), entry.flags(libc::MSG_NOSIGNAL).build());
+        let entry = entry.flags(libc::MSG_NOSIGNAL).build();
+        let key = self.ring.submit(Op::Send(fd), entry);
+        self.conn(fd).0.sending = Some((key, Instant::now()));
     }
 
     // ANCHOR: settle
@@ -179,7 +200,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(fd as usize).and_then(Option::as_mut) else {
             return; // gone already (it waited for a buffer, then left)
         };
-        let full = conn.held.len() >= MAX_HELD;
+        // Back-pressure: too many replies owed, or a client that has not read for a while.
+        let full = conn.held.len() >= MAX_HELD || stalled(conn);
         match conn.receive {
             Receive::Armed(key) if full || conn.ended => {
                 conn.receive = Receive::Cancelling;
@@ -208,6 +230,7 @@ impl Server {
             Op::Send(fd) => self.flush(fd, result),
             // Shutting down: each remaining operation ends here, and dropping it closes it.
             Op::Accept | Op::Refuse(_) if self.stopping => drop(accepted(result)),
+            Op::Tick => self.tick(),
             _ if self.stopping => {}
             Op::Accept => match accepted(result) {
                 // The connection stays queued, and accepting again would fail again at once,
@@ -278,11 +301,14 @@ impl Server {
             self.conns.resize_with(raw as usize + 1, || None);
         }
         let (held, receive, ended) = (Held::default(), Receive::Idle, false);
+        let (multishot, sending) = (self.multishot, None);
         let conn = Conn {
             fd,
             peer,
             held,
             receive,
+            multishot,
+            sending,
             ended,
         };
         self.conns[raw as usize] = Some(conn);
@@ -293,7 +319,6 @@ impl Server {
     // ANCHOR: handle_client_data
     /// A completed receive: the bytes are already in a pooled buffer, named by the flags.
     fn handle_client_data(&mut self, fd: RawFd, result: i32, flags: u32) {
-        let multishot = self.multishot;
         let (conn, bufs) = self.conn(fd);
         if !cqueue::more(flags) {
             conn.receive = Receive::Idle; // this receive is over
@@ -303,25 +328,30 @@ impl Server {
                 let bid = cqueue::buffer_select(flags).expect("data without a buffer");
                 STATS.bytes_in.add(n as u64);
                 support::transform(bufs.take(&mut conn.held, bid, n as usize));
-                if conn.held.len() == 1 {
-                    self.send(fd); // nothing else being sent: send it now
+                match conn.held.len() {
+                    1 => self.send(fd), // nothing else being sent: send it now
+                    MAX_HELD.. => self.spill(fd),
+                    _ => {}
                 }
             }
             // The pool is empty; the data waits in the socket. Arm again when a buffer comes
             // back (`flush`), not now: that would fail again at once. If we hold none, the
             // completions not yet read hold them all, and arming again is safe.
-            e if -e == libc::ENOBUFS => {
+            e if -e == libc::ENOBUFS && !conn.ended => {
                 trace!("{}: no free buffer; receiving later", conn.peer);
                 bufs.wait_for_one(fd);
-                if bufs.held() == 0 {
+                self.spill_stalled();
+                self.arm_tick();
+                if self.bufs.held() == 0 {
                     self.resume_starved();
                 }
                 return;
             }
-            // We cancelled it (`settle`): armed again once fewer buffers are held.
-            e if -e == libc::ECANCELED => {}
+            // We cancelled it (`settle`): armed again once fewer buffers are held. (Or no
+            // buffer, but the connection has ended: nothing more to receive.)
+            e if -e == libc::ECANCELED || -e == libc::ENOBUFS => {}
             // Multishot receive is Linux 6.0: on 5.19, one receive per submission.
-            e if -e == libc::EINVAL && multishot => {
+            e if -e == libc::EINVAL && conn.multishot => {
                 trace!("no multishot receive on this kernel: one receive per submission");
                 self.multishot = false;
             }
@@ -347,7 +377,12 @@ impl Server {
     /// a receive stopped for back-pressure may be armed again, and those waiting for a buffer.
     fn flush(&mut self, fd: RawFd, result: i32) {
         let (conn, bufs) = self.conn(fd);
-        if result < 0 {
+        conn.sending = None;
+        if result == -libc::ECANCELED {
+            // We cancelled it (`spill`): nothing was sent. Copy it out, and send the copy.
+            bufs.spill(&mut conn.held, true);
+            self.send(fd);
+        } else if result < 0 {
             let err = io::Error::from_raw_os_error(-result);
             trace!("{}: send: {err}; closing", conn.peer);
             conn.ended = true;

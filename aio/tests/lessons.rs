@@ -394,3 +394,31 @@ fn uring_one_buffer_strands_no_one() {
     }
     server.interrupt().assert_clean();
 }
+
+/// Clients that send and never read: their replies wait in the pool's buffers behind sends
+/// that never end. The server copies them out (and stops reading those clients), so the pool
+/// that everyone shares still serves the others, with one buffer, or four and six such clients.
+#[test]
+fn uring_clients_that_never_read_do_not_hold_the_pool() {
+    let _alone = conformance::heavy_lock();
+    for (buffers, deaf) in [("1", 1), ("4", 6)] {
+        let server = Server::start(BIN, &["--backend", "uring", "--buffers", buffers]);
+        let deaf: Vec<_> = (0..deaf)
+            .map(|_| {
+                let mut c = server.connect();
+                c.set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                // Until the server stops taking our bytes: our replies are all it holds.
+                while std::io::Write::write(&mut c, &[b'x'; 64 * 1024]).is_ok() {}
+                c
+            })
+            .collect();
+        for i in 0..3 {
+            let mut c = server.connect();
+            let msg = format!("after {} that never read, client {i}", deaf.len());
+            assert_eq!(round_trip(&mut c, msg.as_bytes()), upper(msg.as_bytes()));
+        }
+        drop(deaf);
+        server.interrupt().assert_clean();
+    }
+}
