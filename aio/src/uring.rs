@@ -4,7 +4,8 @@
 //! Receives take their buffers from one shared pool (`bufring.rs`): a multishot receive, armed
 //! once per connection, takes a buffer only when data arrives, so an idle connection holds
 //! none; the buffer goes out as the reply, then back to the pool. `ring.rs` holds the rings, the
-//! operations in flight and the system call, which `--sqpoll` makes rare. A connection lives in
+//! operations in flight and the system call, which `--sqpoll` makes rare; `uring/stall.rs`
+//! copies the replies of clients that stop reading out of the pool. A connection lives in
 //! `conns`, indexed by its descriptor, until no operation of its own is in flight.
 
 use std::fs::File;
