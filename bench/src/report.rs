@@ -845,7 +845,7 @@ fn write_busy(out: &Path, busy: &[(&str, LoadResult)]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = busy
         .iter()
         .map(|(label, r)| {
-            let enters = summary_count(&r.summary, "io_uring_enter calls");
+            let enters = crate::syscalls::summary_field(&r.summary, " io_uring_enter call");
             vec![
                 (*label).to_owned(),
                 thousands(r.round_trips_per_sec.round() as u64),
@@ -873,17 +873,6 @@ fn write_busy(out: &Path, busy: &[(&str, LoadResult)]) -> anyhow::Result<()> {
         &rows,
     );
     write(out, "busy.md", &t)
-}
-
-/// The number before `what` in a server's summary line (`…, 1736 io_uring_enter calls, …`),
-/// or before its singular (`1 io_uring_enter call`).
-fn summary_count(summary: &str, what: &str) -> Option<u64> {
-    let one = what.strip_suffix('s').unwrap_or(what);
-    summary
-        .split(", ")
-        .map(str::trim)
-        .find_map(|part| part.strip_suffix(what).or_else(|| part.strip_suffix(one)))
-        .and_then(|n| n.trim().parse().ok())
 }
 
 /// One run as JSON, with the label it goes by in the tables.
@@ -921,21 +910,6 @@ fn write_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_are_read_from_a_summary() {
-        let summary = "aio: summary: 51 connections, 600596 submissions, 61316 io_uring_enter \
-                       calls, 0 SQ thread wake-ups";
-        assert_eq!(summary_count(summary, "io_uring_enter calls"), Some(61316));
-        assert_eq!(summary_count(summary, "SQ thread wake-ups"), Some(0));
-        assert_eq!(summary_count(summary, "calls"), None); // not a count of its own
-        let one = "aio: summary: 1 connection, 1 io_uring_enter call";
-        assert_eq!(summary_count(one, "io_uring_enter calls"), Some(1));
-        assert_eq!(
-            summary_count("epoll: summary: 3 connections", "io_uring_enter calls"),
-            None
-        );
-    }
 
     #[test]
     fn also_takes_a_name_and_a_command() {

@@ -384,14 +384,18 @@ pub fn parse_strace_c(text: &str) -> BTreeMap<String, i64> {
 /// else its wake-ups (readiness waits) plus its accept/read/write calls. A count of one may be
 /// written in the singular (`1 wake-up`).
 pub fn own_count(summary: &str) -> i64 {
-    let field = |name: &str| -> Option<i64> {
-        summary.split(", ").find_map(|part| {
-            let part = part.strip_suffix('s').unwrap_or(part);
-            part.strip_suffix(name)?.trim().parse().ok()
-        })
-    };
+    let field = |name| summary_field(summary, name);
     field(" io_uring_enter call")
         .unwrap_or_else(|| field(" wake-up").unwrap_or(0) + field(" call").unwrap_or(0))
+}
+
+/// The number before ` name` (singular, with its leading space) or its plural in a server's
+/// summary line (`…, 1736 io_uring_enter calls, …`), if the summary has that count.
+pub fn summary_field(summary: &str, name: &str) -> Option<i64> {
+    summary.split(", ").find_map(|part| {
+        let part = part.strip_suffix('s').unwrap_or(part);
+        part.strip_suffix(name)?.trim().parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -412,6 +416,19 @@ mod tests {
         assert_eq!(calls.get("read"), Some(&200));
         assert_eq!(calls.get("epoll_wait"), Some(&201));
         assert_eq!(calls.len(), 2);
+    }
+
+    #[test]
+    fn counts_are_read_from_a_summary() {
+        let summary = "aio: summary: 51 connections, 600596 submissions, 61316 io_uring_enter \
+                       calls, 0 SQ thread wake-ups";
+        assert_eq!(summary_field(summary, " io_uring_enter call"), Some(61316));
+        assert_eq!(summary_field(summary, " SQ thread wake-up"), Some(0));
+        assert_eq!(summary_field(summary, " call"), None); // not a count of its own
+        let one = "aio: summary: 1 connection, 1 io_uring_enter call";
+        assert_eq!(summary_field(one, " io_uring_enter call"), Some(1));
+        let epoll = "epoll: summary: 3 connections";
+        assert_eq!(summary_field(epoll, " io_uring_enter call"), None);
     }
 
     #[test]
