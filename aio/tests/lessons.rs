@@ -249,6 +249,12 @@ fn uring_small_ring_resets_leak_nothing() {
     resets_leak_nothing(&["--backend", "uring", "--ring-entries", "4"]);
 }
 
+/// The number before `what` (e.g. " io_uring_enter calls") in the server's stderr.
+fn summary_count(stderr: &str, what: &str) -> Option<u64> {
+    let mut parts = stderr.lines().flat_map(|line| line.split(", "));
+    parts.find_map(|part| part.strip_suffix(what)?.parse().ok())
+}
+
 /// Sends `data` from a second thread while reading the reply, as a client that writes and
 /// reads at once; returns the reply.
 fn both_ways(c: &mut std::net::TcpStream, data: Vec<u8>) -> Vec<u8> {
@@ -286,12 +292,7 @@ fn uring_buffer_exhaustion_loses_nothing() {
     }
     let stopped = server.interrupt();
     assert!(stopped.status.success(), "{}", stopped.stderr);
-    let empty = stopped
-        .stderr
-        .lines()
-        .flat_map(|line| line.split(", "))
-        .find_map(|part| part.strip_suffix(" receives without a buffer"))
-        .and_then(|n| n.parse::<u64>().ok());
+    let empty = summary_count(&stopped.stderr, " receives without a buffer");
     assert!(
         empty.is_some_and(|n| n > 0),
         "the pool never ran dry, or the summary does not say:\n{}",
@@ -332,12 +333,7 @@ fn enter_calls_per_round_trip(args: &[&str]) -> f64 {
     }
     let stopped = server.interrupt();
     stopped.assert_clean();
-    let calls = stopped
-        .stderr
-        .lines()
-        .flat_map(|line| line.split(", "))
-        .find_map(|part| part.strip_suffix(" io_uring_enter calls"))
-        .and_then(|n| n.parse::<u64>().ok())
+    let calls = summary_count(&stopped.stderr, " io_uring_enter calls")
         .unwrap_or_else(|| panic!("no io_uring_enter count:\n{}", stopped.stderr));
     calls as f64 / 4_000.0
 }
