@@ -101,10 +101,9 @@ fn zombie_children(pid: nix::unistd::Pid) -> usize {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else {
+        let Some(fields) = conformance::harness::stat_fields(&stat) else {
             continue;
         };
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         if fields.get(1) == Some(&pid.to_string().as_str()) && fields[0] == "Z" {
             zombies += 1;
         }

@@ -417,8 +417,8 @@ fn descendants(pid: Pid) -> Vec<Pid> {
 }
 
 /// The fields of /proc/PID/stat after the command name, which may hold spaces and
-/// parentheses: counted from its last ')'. The first is the state (field 3).
-fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+/// parentheses: counted from its last ')'. The first is the state (field 3), then the parent.
+pub fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     Some(
         stat.get(stat.rfind(')')? + 1..)?
             .split_whitespace()

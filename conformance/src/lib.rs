@@ -354,10 +354,7 @@ fn settle(collected: &harness::Collected, pid: u32) {
             .flatten();
         tasks.flatten().all(|task| {
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next());
-            state == Some("S")
+            harness::stat_fields(&stat).and_then(|f| f.first().copied()) == Some("S")
         })
     };
     let length = || collected.0.lock().unwrap().len();
